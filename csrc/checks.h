@@ -1,0 +1,43 @@
+// Argument checks shared by every op: each failure names the op, the argument and what was expected, so a
+// user never sees a segfault or a silent wrong answer for a bad input.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace pygpt {
+
+inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim) {
+  TORCH_CHECK(t.dim() == ndim, "pygpt.", op, ": ", name, " must have ", ndim, " dimensions, got shape ",
+              t.sizes());
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, "pygpt.", op,
+              ": ", name, " must be float32, float16, bfloat16 or float64, got ", dt);
+  TORCH_CHECK(t.is_contiguous(), "pygpt.", op, ": ", name, " must be contiguous (call .contiguous())");
+}
+
+inline void check_index_tensor(const char* op, const char* name, const at::Tensor& t) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kLong || dt == at::kInt, "pygpt.", op, ": ", name, " must be int32 or int64, got ", dt);
+  TORCH_CHECK(t.is_contiguous(), "pygpt.", op, ": ", name, " must be contiguous (call .contiguous())");
+}
+
+inline void check_same_device(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
+                              const at::Tensor& b) {
+  TORCH_CHECK(a.device() == b.device(), "pygpt.", op, ": ", b_name, " must be on ", a_name, "'s device ",
+              a.device(), ", got ", b.device());
+}
+
+// x (B, T, H, D) with D even; positions (B, T) or (T,) integer absolute positions.
+inline void check_rotary_args(const at::Tensor& x, const at::Tensor& positions) {
+  check_float_tensor("rotary", "x", x, 4);
+  TORCH_CHECK(x.size(3) % 2 == 0, "pygpt.rotary: x's head_dim (last dimension) must be even, got ", x.size(3));
+  check_index_tensor("rotary", "positions", positions);
+  check_same_device("rotary", "x", x, "positions", positions);
+  const bool per_batch = positions.dim() == 2 && positions.size(0) == x.size(0) && positions.size(1) == x.size(1);
+  const bool shared = positions.dim() == 1 && positions.size(0) == x.size(1);
+  TORCH_CHECK(per_batch || shared, "pygpt.rotary: positions must have shape (B, T) = (", x.size(0), ", ",
+              x.size(1), ") or (T,) = (", x.size(1), ",), got ", positions.sizes());
+}
+
+}  // namespace pygpt

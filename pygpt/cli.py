@@ -1,0 +1,40 @@
+"""The `pygpt` command line: one subcommand per job, each implemented in pygpt/commands/<name>.py and imported
+only when it runs (so `pygpt --help` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under pygpt.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("info", "versions, compiled extension, GPU and the backend each op uses"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pygpt", description="A small, fast, from-scratch GPT toolkit.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text)
+        importlib.import_module(f"pygpt.commands.{module}").add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"pygpt.commands.{COMMANDS[args.command][0]}")
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

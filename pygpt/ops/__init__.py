@@ -1,0 +1,14 @@
+"""pygpt's ops: each one name with three faces - a Torch reference (the ground truth), a C++ CPU kernel and a
+GPU kernel (Triton by default, CUDA C++ where written) - dispatched by the tensors' device.
+
+Importing this package loads the compiled extension ``pygpt._C`` (registering ``torch.ops.pygpt.*``) when it
+matches the running torch; otherwise every op runs its reference.
+"""
+
+from ._library import backend_for, extension, extension_status, set_backend, triton_available
+from .rotary import rope_angles, rope_inv_freq, rotary, rotary_reference
+
+__all__ = [
+    "backend_for", "extension", "extension_status", "set_backend", "triton_available",
+    "rotary", "rotary_reference", "rope_angles", "rope_inv_freq",
+]
