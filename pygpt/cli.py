@@ -9,6 +9,10 @@ import sys
 
 # name -> (module under pygpt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("prepare", "download Tiny Shakespeare (sha256-checked) or take a local text file"),
+    "train": ("train", "train a model (presets lite/heavy, --set key=value overrides)"),
+    "eval": ("evaluate", "full-val loss and top-5 accuracy of a checkpoint"),
+    "generate": ("generate", "sample text from a checkpoint (default: the bundled model)"),
     "info": ("info", "versions, compiled extension, GPU and the backend each op uses"),
 }
 

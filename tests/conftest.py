@@ -28,3 +28,26 @@ def _seed():
 def needs_triton():
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install .[test])")
+
+
+from pathlib import Path  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_text(tmp_path) -> Path:
+    """A small, learnable text file (a few KB) for training smoke tests."""
+    lines = [f"the {a} {b} sat on the {c}.\n" for a in ("cat", "dog", "owl") for b in ("quietly", "happily")
+             for c in ("mat", "log", "hat", "rug")]
+    path = tmp_path / "tiny.txt"
+    path.write_text("".join(lines) * 12)
+    return path
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    path = SHARED_DATA / "tinyshakespeare.txt"
+    if not path.is_file():
+        pytest.skip(f"Tiny Shakespeare not found at {path}")
+    return path

@@ -1,0 +1,38 @@
+"""`pygpt generate`: sample text from a checkpoint (default: the bundled model), streamed to stdout as it is
+produced. Temperature, top-k and top-p (nucleus) sampling; --seed makes it reproducible."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled lite model)")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
+    parser.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pygpt.infer import generate_text
+    from pygpt.train import load_checkpoint, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+        stream = generate_text(ckpt.model, ckpt.tokenizer, args.prompt, args.length, args.temperature, args.top_k,
+                               args.top_p, args.seed, device)
+        sys.stdout.write(args.prompt)
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"pygpt generate: {err}") from None
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,310 @@
+"""The Trainer: one loop for every model (GPT, bigrams, MLP).
+
+Owns optimizer groups, warmup + cosine LR, gradient clipping, bf16 autocast on CUDA, optional torch.compile,
+periodic val estimates, the best-val checkpoint (`out_dir/best`) and a resumable one (`out_dir/last`), early
+stopping, exact resume, callbacks, tensorboard logs and a progress bar. Under `torchrun` it trains with
+DistributedDataParallel (nccl on CUDA, gloo on CPU); rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from pygpt.data import BatchSampler, CharTokenizer
+from pygpt.models import lm_loss
+
+from .checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from .config import TrainConfig
+from .evaluate import EvalResult, full_val
+from .optim import configure_optimizer, cosine_lr
+
+EVENTS = ("on_step_end", "on_eval", "on_checkpoint", "on_train_end")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_val: float                   # best random-batch val estimate
+    best_step: int
+    train_seconds: float
+    seconds_to_best: float
+    full_val: EvalResult | None = None
+    stopped_because: str = "max_iters"
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``model`` on ``train_ids`` with val estimates on ``val_ids``; see TrainConfig for the settings.
+
+    Callbacks: ``trainer.add_callback(event, fn)`` with event in EVENTS; ``fn(trainer, **info)``. A callback
+    may set ``trainer.should_stop = True``.
+    """
+
+    def __init__(self, model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, tokenizer: CharTokenizer,
+                 cfg: TrainConfig, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss,
+                 run_config: dict | None = None):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.loss_fn = loss_fn
+        self.run_config = run_config or {"train": cfg.to_dict()}
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self.should_stop = False
+
+        self.distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.rank, self.world_size = 0, 1
+        if self.distributed:
+            self._init_distributed()
+        else:
+            self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+
+        self.model = model.to(self.device)
+        self.block_size = model.config.block_size
+        self.train_sampler = BatchSampler(train_ids, self.block_size, cfg.batch_size, cfg.seed + self.rank, self.device)
+        self.val_ids = val_ids
+        self.optimizer = configure_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                             self.device.type)
+        self.train_model: nn.Module = self.model
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_model = DDP(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step = 0
+        self.best_val = float("inf")
+        self.best_step = -1
+        self.evals_since_best = 0
+        self.seconds_to_best = 0.0
+        self.last_eval_step = -1
+        self.history: list[dict] = []
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def _init_distributed(self) -> None:
+        self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        use_cuda = torch.cuda.is_available() and self.cfg.device != "cpu"
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            self.device = torch.device("cuda", local_rank)
+        else:
+            self.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def add_callback(self, event: str, fn: Callable) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown callback event {event!r}; events: {', '.join(EVENTS)}")
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str, **info) -> None:
+        for fn in self.callbacks[event]:
+            fn(self, **info)
+
+    # -- pieces of the loop ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def lr_at(self, step: int) -> float:
+        decay = self.cfg.lr_decay_iters or self.cfg.max_iters
+        return cosine_lr(step, self.cfg.lr, self.cfg.min_lr, self.cfg.warmup_iters, decay)
+
+    @torch.no_grad()
+    def estimate_val_loss(self) -> float:
+        """Mean loss over eval_iters random val batches, drawn with a fixed seed (the same batches every eval)."""
+        sampler = BatchSampler(self.val_ids, self.block_size, self.cfg.batch_size, seed=0, device=self.device)
+        self.model.eval()
+        losses = []
+        for _ in range(self.cfg.eval_iters):
+            x, y = sampler.get_batch()
+            with self._autocast():
+                logits, _ = self.model(x)
+            losses.append(self.loss_fn(logits, y).item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def trainer_state(self) -> dict:
+        state = {
+            "step": torch.tensor(self.step), "best_val": torch.tensor(self.best_val),
+            "best_step": torch.tensor(self.best_step), "evals_since_best": torch.tensor(self.evals_since_best),
+            "seconds_to_best": torch.tensor(self.seconds_to_best),
+            "last_eval_step": torch.tensor(self.last_eval_step), "optimizer": self.optimizer.state_dict(), "sampler": self.train_sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _load_trainer_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.best_val, self.best_step = float(state["best_val"]), int(state["best_step"])
+        self.evals_since_best = int(state["evals_since_best"])
+        self.seconds_to_best = float(state["seconds_to_best"])
+        self.last_eval_step = int(state["last_eval_step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self, name: str, with_state: bool) -> Path | None:
+        if not self.is_main:
+            return None
+        metadata = {"step": self.step, "best_val_estimate": self.best_val, "best_step": self.best_step}
+        path = save_checkpoint(Path(self.cfg.out_dir) / name, self.model, self.tokenizer,
+                               train=self.run_config.get("train"), metadata=metadata,
+                               trainer_state=self.trainer_state() if with_state else None)
+        self._fire("on_checkpoint", path=path, name=name)
+        return path
+
+    def resume(self, checkpoint_dir: str | os.PathLike) -> None:
+        """Continue exactly where a run saved ``checkpoint_dir`` (normally out_dir/last)."""
+        ckpt = load_checkpoint(checkpoint_dir, device=self.device)
+        if ckpt.tokenizer != self.tokenizer:
+            raise ValueError(f"resume: checkpoint {checkpoint_dir} was trained on a different vocabulary")
+        self.model.load_state_dict(ckpt.model.state_dict())
+        self._load_trainer_state(load_trainer_state(checkpoint_dir))
+
+    def _agree_to_stop(self, stop: bool) -> bool:
+        """All ranks stop together (a time limit can trip on one rank first)."""
+        if not self.distributed:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train until max_iters (or the time limit, early stopping, or ``stop_after`` more steps).
+
+        Returns the result; the best-val model is in out_dir/best, the resumable state in out_dir/last.
+        """
+        cfg = self.cfg
+        writer = self._tensorboard() if self.is_main and cfg.log_dir else None
+        progress = None
+        if self.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        start_time = time.perf_counter() - self.seconds_to_best if self.step else time.perf_counter()
+        stop_step = cfg.max_iters if stop_after is None else min(cfg.max_iters, self.step + stop_after)
+        stopped_because = "max_iters"
+        self.train_model.train()
+        while True:
+            due = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
+            if due and self.step != self.last_eval_step:  # (a resumed run doesn't redo its last eval)
+                stopped_because = self._evaluate(writer, start_time) or stopped_because
+            if self.step >= stop_step:
+                break
+            if self._agree_to_stop(self.should_stop or stopped_because != "max_iters" or (
+                    cfg.time_limit and time.perf_counter() - start_time > cfg.time_limit)):
+                if stopped_because == "max_iters":
+                    stopped_because = "callback" if self.should_stop else "time_limit"
+                break
+            loss = self._train_step()
+            self.step += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", best_val=f"{self.best_val:.4f}")
+            if writer is not None and self.step % 10 == 0:
+                writer.add_scalar("loss/train", loss, self.step)
+                writer.add_scalar("lr", self.lr_at(self.step), self.step)
+            self._fire("on_step_end", step=self.step, loss=loss)
+        if stop_after is not None and self.step == stop_step and stop_step < cfg.max_iters:
+            stopped_because = "stop_after"
+        train_seconds = time.perf_counter() - start_time
+        if progress is not None:
+            progress.close()
+        self.save("last", with_state=True)
+        result = TrainResult(self.step, self.best_val, self.best_step, train_seconds, self.seconds_to_best,
+                             stopped_because=stopped_because, history=self.history)
+        if cfg.full_val and self.is_main and stopped_because != "stop_after":
+            result.full_val = self.score_best()
+            if writer is not None:
+                writer.add_scalar("full_val/loss", result.full_val.loss, self.step)
+                writer.add_scalar("full_val/top5", result.full_val.top5, self.step)
+        if writer is not None:
+            writer.close()
+        self._fire("on_train_end", result=result)
+        return result
+
+    def _train_step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        x, y = self.train_sampler.get_batch()
+        with self._autocast():
+            logits, _ = self.train_model(x)
+            loss = self.loss_fn(logits, y)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def _evaluate(self, writer, start_time: float) -> str | None:
+        """Val estimate, best checkpoint, early stopping; returns a reason to stop, if any."""
+        val = self.estimate_val_loss()
+        self.last_eval_step = self.step
+        elapsed = time.perf_counter() - start_time
+        self.history.append({"step": self.step, "val": val, "seconds": elapsed})
+        if writer is not None:
+            writer.add_scalar("loss/val", val, self.step)
+        improved = val < self.best_val
+        if improved:
+            self.best_val, self.best_step, self.evals_since_best = val, self.step, 0
+            self.seconds_to_best = elapsed
+            self.save("best", with_state=False)
+        else:
+            self.evals_since_best += 1
+        self._fire("on_eval", step=self.step, val_loss=val, improved=improved)
+        self.save("last", with_state=True)  # resumable after a crash, at every eval
+        if self.cfg.patience and self.evals_since_best >= self.cfg.patience:
+            return "early_stopping"
+        return None
+
+    def score_best(self) -> EvalResult:
+        """Full-val score (EVAL.md) of the best checkpoint, also recorded in its config.json metadata."""
+        best_dir = Path(self.cfg.out_dir) / "best"
+        ckpt = load_checkpoint(best_dir, device=self.device)
+        with self._autocast():
+            result = full_val(ckpt.model, self.val_ids, self.block_size)
+        metadata = dict(ckpt.metadata, full_val_loss=result.loss, full_val_top5=result.top5,
+                        seconds_to_best=self.seconds_to_best)
+        save_checkpoint(best_dir, ckpt.model, ckpt.tokenizer, train=ckpt.config.get("train"), metadata=metadata)
+        return result
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        run_name = Path(self.cfg.out_dir).name + time.strftime("-%Y%m%d-%H%M%S")
+        return SummaryWriter(str(Path(self.cfg.log_dir) / run_name))

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+
+from pygpt.data import CharTokenizer
+from pygpt.models import GPT, GPTConfig
+from pygpt.train import bundled_checkpoint, load_checkpoint, save_checkpoint
+from pygpt.train.checkpoint import load_trainer_state
+
+
+def _model(**kw):
+    return GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=16, **kw))
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+def test_save_load_gives_identical_logits(tmp_path, pos):
+    model, tok = _model(pos=pos).eval(), CharTokenizer("abcde")
+    save_checkpoint(tmp_path / "ck", model, tok, metadata={"note": "x"})
+    ckpt = load_checkpoint(tmp_path / "ck")
+    idx = torch.randint(0, 5, (2, 8))
+    assert torch.equal(model(idx)[0], ckpt.model(idx)[0])
+    assert ckpt.tokenizer == tok and ckpt.metadata["note"] == "x"
+    assert ckpt.model.lm_head.weight is ckpt.model.wte.weight  # tying survives the round trip
+
+
+def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path):
+    tok = CharTokenizer("abcde")
+    save_checkpoint(tmp_path / "ck", _model(), tok, metadata={"v": 1})
+    save_checkpoint(tmp_path / "ck", _model(), tok, metadata={"v": 2}, trainer_state={"step": torch.tensor(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["metadata"] == {"v": 2}
+    assert int(load_trainer_state(tmp_path / "ck")["step"]) == 3
+
+
+def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    tok = CharTokenizer("abcde")
+    save_checkpoint(tmp_path / "ck", _model(), tok, metadata={"v": 1})
+    import pygpt.train.checkpoint as ck
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(ck, "save_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ck", _model(), tok, metadata={"v": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["metadata"] == {"v": 1}
+
+
+def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope")
+    save_checkpoint(tmp_path / "ck", _model(), CharTokenizer("abcde"))
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is corrupt"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_weights_that_do_not_match_the_config(tmp_path):
+    save_checkpoint(tmp_path / "ck", _model(), CharTokenizer("abcde"))
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["model"]["n_embd"] = 32
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="doesn't match|don't match"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_trainer_state_loads_without_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    save_checkpoint(tmp_path / "ck", _model(), CharTokenizer("abcde"), trainer_state={"x": Evil()})
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
+        load_trainer_state(tmp_path / "ck")

@@ -1,0 +1,72 @@
+"""Smoke tests of the `pygpt` command line: prepare -> train -> eval -> generate, and its error messages."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from pygpt.cli import main
+
+TINY_RUN = ["--config", "lite", "--max-iters", "6", "--no-progress", "--set", "block_size=16", "--set", "n_layer=1",
+            "--set", "n_embd=32", "--set", "n_head=2", "--set", "eval_interval=3", "--set", "eval_iters=1",
+            "--set", "batch_size=4", "--set", "log_dir="]
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_text, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_text), "--out", str(out), *TINY_RUN]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"full-val loss \d+\.\d{4} top5 \d+\.\d{2}%", text), text
+    return out / "best"
+
+
+def test_prepare_from_local_file(tmp_path, tiny_text, capsys):
+    assert main(["prepare", "--input", str(tiny_text), "--dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "data" / "tiny.txt").is_file()
+    assert "vocabulary of" in out and "train" in out
+
+
+def test_eval_prints_one_full_val_line(trained, tiny_text, capsys):
+    assert main(["eval", "--checkpoint", str(trained), "--data", str(tiny_text)]) == 0
+    assert re.fullmatch(r"full-val loss \d+\.\d{4} top5 \d+\.\d{2}%\n", capsys.readouterr().out)
+
+
+def test_generate_streams_and_is_seeded(trained, capsys):
+    args = ["generate", "--checkpoint", str(trained), "--prompt", "the ", "--length", "30", "--seed", "3"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("the ") and len(first) == len("the ") + 30 + 1
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert main([*args[:-1], "4"]) == 0
+    assert capsys.readouterr().out != first
+
+
+def test_generate_rejects_unknown_characters(trained):
+    with pytest.raises(SystemExit, match="character 'Z'.*not in the vocabulary"):
+        main(["generate", "--checkpoint", str(trained), "--prompt", "the Z"])
+
+
+def test_generate_rejects_bad_length(trained):
+    with pytest.raises(SystemExit, match="length must be > 0"):
+        main(["generate", "--checkpoint", str(trained), "--length", "0"])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main(["generate", "--checkpoint", str(tmp_path / "missing")])
+
+
+def test_unknown_setting_is_named(tiny_text):
+    with pytest.raises(SystemExit, match="n_layers: unknown setting"):
+        main(["train", "--data", str(tiny_text), "--set", "n_layers=2"])
+
+
+def test_console_script_and_info():
+    exe = shutil.which("pygpt")
+    assert exe, "the pygpt console script is not installed"
+    out = subprocess.run([exe, "info"], capture_output=True, text=True, check=True).stdout
+    assert "pygpt._C   loaded" in out and "backend    cpu: cpp" in out
