@@ -6,8 +6,8 @@ q (B, T, H, D); k, v (B, T, Hkv, D) with H a multiple of Hkv (grouped-query atte
 absolute positions, or None for no rotation (models with learned or sinusoidal positions). The last dimension
 of each input must be contiguous; other strides are free (q, k, v may be views of one fused projection).
 
-The fused kernels (Triton/C++, issue #4) are not written yet: every device runs the reference below, which is
-the rotary op followed by torch's scaled_dot_product_attention.
+Backends: the C++ kernel on CPU (csrc/cpu/rope_attention.cpp, forward and backward); the reference below (the
+rotary op followed by torch's scaled_dot_product_attention) on other devices and when forced.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import FLOAT_DTYPES, INDEX_DTYPES, check_shape, check_tensor
-from .rotary import rotary
+from ._library import backend_for, extension
+from .rotary import rotary_reference
 
 OP = "rope_attention"
 
@@ -30,6 +31,8 @@ def check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posi
             raise TypeError(f"pygpt.{OP}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
     B, T, H, D = q.shape
     check_shape(OP, "k", k, (B, T, k.shape[2], D))
+    if positions is not None and D % 2:
+        raise ValueError(f"pygpt.{OP}: head_dim must be even for RoPE, got {D}")
     check_shape(OP, "v", v, tuple(k.shape))
     if k.shape[2] == 0 or H % k.shape[2]:
         raise ValueError(f"pygpt.{OP}: q's heads ({H}) must be a multiple of k's heads ({k.shape[2]})")
@@ -40,10 +43,10 @@ def check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posi
 
 def rope_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None,
                              causal: bool = True, scale: float | None = None, base: float = 10000.0) -> torch.Tensor:
-    """The plain Torch path: rotary on q and k, then scaled_dot_product_attention. Returns (B, T, H, D)."""
+    """The plain Torch path: rotate-half RoPE on q and k, then scaled_dot_product_attention. Returns (B, T, H, D)."""
     if positions is not None:
-        q = rotary(q.contiguous(), positions, base)
-        k = rotary(k.contiguous(), positions, base)
+        q = rotary_reference(q, positions, base)
+        k = rotary_reference(k, positions, base)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
@@ -56,4 +59,41 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
                    causal: bool = True, scale: float | None = None, base: float = 10000.0) -> torch.Tensor:
     """Causal attention with RoPE at ``positions`` (None: no rotation); differentiable. Returns (B, T, H, D)."""
     check_attention_args(q, k, v, positions)
-    return rope_attention_reference(q, k, v, positions, causal, scale, base)
+    if backend_for(q.device) != "cpp":
+        return rope_attention_reference(q, k, v, positions, causal, scale, base)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.pygpt.rope_attention(q, k, v, positions, scale, base, causal)[0]
+
+
+def _fake(q, k, v, positions, scale, base=10000.0, causal=True):
+    B, T, H, _ = q.shape
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=lse_dtype)
+
+
+def _fake_backward(grad_out, q, k, v, positions, out, lse, scale, base=10000.0, causal=True):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, positions, scale, base, causal = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, positions, out, lse)
+    ctx.scale, ctx.base, ctx.causal = scale, base, causal
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, positions, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.pygpt.rope_attention_backward(grad_out.contiguous(), q, k, v, positions, out, lse,
+                                                         ctx.scale, ctx.base, ctx.causal)
+    return dq, dk, dv, None, None, None, None
+
+
+def _register() -> None:
+    torch.library.register_fake("pygpt::rope_attention")(_fake)
+    torch.library.register_fake("pygpt::rope_attention_backward")(_fake_backward)
+    torch.library.register_autograd("pygpt::rope_attention", _backward, setup_context=_setup_context)
+
+
+if extension() is not None:
+    _register()

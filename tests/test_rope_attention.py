@@ -1,0 +1,145 @@
+"""rope_attention: the fused kernels against the reference (rotate-half RoPE, then softmax attention) computed
+in float64, for the output and all three gradients.
+
+Tolerance (FlashAttention's oracle): the kernel's max error against the float64 reference may be at most
+3x the error of the Torch reference computed in the same low precision, plus a small per-dtype floor."""
+
+import pytest
+import torch
+
+import pygpt.ops as ops
+from pygpt.ops.attention import rope_attention_reference
+
+SHAPES = [  # (B, T, H, Hkv, D): T = 1, odd T, T past the 256-key tile, GQA 1..8, odd head dims
+    (1, 1, 1, 1, 2),
+    (2, 7, 4, 2, 40),
+    (3, 65, 6, 3, 80),
+    (2, 130, 8, 1, 96),
+    (1, 300, 2, 2, 32),
+    (2, 33, 2, 2, 128),
+    (1, 20, 8, 8, 256),
+]
+FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def _inputs(B, T, H, Hkv, D, dtype, positions="per_batch", fused=True, device="cpu"):
+    """q, k, v as views of one fused projection (B, T, (H + 2 Hkv) D), as the model makes them."""
+    if fused:
+        qkv = torch.randn(B, T, (H + 2 * Hkv) * D, device=device).to(dtype)
+        q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
+    else:
+        q = torch.randn(B, T, H, D, device=device).to(dtype)
+        k, v = (torch.randn(B, T, Hkv, D, device=device).to(dtype) for _ in range(2))
+    if positions == "per_batch":
+        pos = torch.randint(0, 50, (B, 1), device=device) + torch.arange(T, device=device)  # per-sequence offsets
+    elif positions == "shared":
+        pos = torch.arange(T, device=device) + 7
+    else:
+        pos = None
+    return q, k, v, pos
+
+
+def _check(kernel_out, lowp_ref, exact, dtype, what):
+    assert torch.isfinite(kernel_out).all(), f"{what}: NaN/inf"
+    err = (kernel_out.double() - exact).abs().max().item()
+    ref_err = (lowp_ref.double() - exact).abs().max().item()
+    assert err <= 3 * ref_err + FLOOR[dtype], f"{what}: error {err:.3g} vs torch's own {ref_err:.3g}"
+
+
+def _compare(q, k, v, pos, dtype, causal=True):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out = ops.rope_attention(*leaves, pos, causal=causal)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, grad)
+
+    ref_leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    ref = rope_attention_reference(*ref_leaves, pos, causal=causal)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+
+    exact_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    exact = rope_attention_reference(*exact_leaves, pos, causal=causal)
+    exact_grads = torch.autograd.grad(exact, exact_leaves, grad.double())
+
+    _check(out, ref, exact, dtype, "out")
+    for name, g, rg, eg in zip("qkv", grads, ref_grads, exact_grads):
+        assert g.shape == eg.shape and g.dtype == dtype
+        _check(g, rg, eg, dtype, f"d{name}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_cpu_kernel_matches_reference(shape, dtype):
+    positions = ["per_batch", "shared", None][sum(shape) % 3]
+    _compare(*_inputs(*shape, dtype, positions=positions, fused=shape[0] % 2 == 0), dtype)
+
+
+@pytest.mark.parametrize("positions", ["per_batch", "shared", None])
+def test_cpu_kernel_position_layouts_and_full_attention(positions):
+    q, k, v, pos = _inputs(2, 41, 4, 2, 40, torch.float32, positions=positions)
+    _compare(q, k, v, pos, torch.float32, causal=True)
+    _compare(q, k, v, pos, torch.float32, causal=False)
+
+
+def test_float64_is_exact():
+    q, k, v, pos = _inputs(2, 70, 4, 2, 40, torch.float64)
+    out = ops.rope_attention(q, k, v, pos)
+    torch.testing.assert_close(out, rope_attention_reference(q, k, v, pos), atol=1e-12, rtol=1e-12)
+
+
+def test_gradcheck():
+    q, k, v, pos = (t.requires_grad_(True) if t is not None and t.is_floating_point() else t
+                    for t in _inputs(1, 5, 2, 1, 4, torch.float64, fused=False))
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.rope_attention(a, b, c, pos), (q, k, v))
+
+
+def test_opcheck():
+    q, k, v, pos = _inputs(2, 9, 4, 2, 8, torch.float32, fused=False)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    torch.library.opcheck(torch.ops.pygpt.rope_attention.default, (q, k, v, pos, 0.35, 10000.0, True))
+    torch.library.opcheck(torch.ops.pygpt.rope_attention.default, (q, k, v, None, 0.35, 10000.0, False))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v, pos = _inputs(2, 12, 4, 2, 16, torch.float32)
+    compiled = torch.compile(lambda a, b, c, p: ops.rope_attention(a, b, c, p).sum(-1), fullgraph=True,
+                             backend="eager")
+    torch.testing.assert_close(compiled(q, k, v, pos), rope_attention_reference(q, k, v, pos).sum(-1),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_reference_backend_still_selectable():
+    q, k, v, pos = _inputs(1, 5, 2, 2, 8, torch.float32)
+    try:
+        ops.set_backend("reference")
+        assert torch.equal(ops.rope_attention(q, k, v, pos), rope_attention_reference(q, k, v, pos))
+    finally:
+        ops.set_backend("auto")
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: (torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4), None), ValueError,
+     "q must have 4 dimensions"),
+    (lambda: (torch.randn(1, 3, 3, 8), torch.randn(1, 3, 2, 8), torch.randn(1, 3, 2, 8), None), ValueError,
+     r"q's heads \(3\) must be a multiple of k's heads \(2\)"),
+    (lambda: (torch.randn(1, 3, 2, 8), torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8), None), ValueError,
+     "k must have shape"),
+    (lambda: (torch.randn(1, 3, 2, 8), torch.randn(1, 3, 2, 8).half(), torch.randn(1, 3, 2, 8), None), TypeError,
+     "k must have q's dtype"),
+    (lambda: (torch.randn(1, 3, 2, 8), torch.randn(1, 3, 2, 8), torch.randn(1, 3, 8, 2).transpose(2, 3), None),
+     ValueError, "v's last dimension must be contiguous"),
+    (lambda: (torch.randn(1, 3, 2, 8), torch.randn(1, 3, 2, 8), torch.randn(1, 3, 2, 8), torch.arange(4)),
+     ValueError, "positions must have shape"),
+    (lambda: (torch.randn(1, 3, 2, 7), torch.randn(1, 3, 2, 7), torch.randn(1, 3, 2, 7), torch.arange(3)),
+     ValueError, "head_dim must be even"),
+])
+def test_bad_inputs(make, error, match):
+    with pytest.raises(error, match=match):
+        ops.rope_attention(*make())
+
+
+def test_cpp_op_rejects_bad_inputs_itself():
+    q = torch.randn(1, 3, 2, 8)
+    with pytest.raises(RuntimeError, match="must be a multiple of k's heads"):
+        torch.ops.pygpt.rope_attention(q, torch.randn(1, 3, 3, 8), torch.randn(1, 3, 3, 8), None, 1.0, 1e4, True)
