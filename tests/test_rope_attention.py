@@ -143,3 +143,44 @@ def test_cpp_op_rejects_bad_inputs_itself():
     q = torch.randn(1, 3, 2, 8)
     with pytest.raises(RuntimeError, match="must be a multiple of k's heads"):
         torch.ops.pygpt.rope_attention(q, torch.randn(1, 3, 3, 8), torch.randn(1, 3, 3, 8), None, 1.0, 1e4, True)
+
+
+# ---- Triton: through its CPU interpreter here (small shapes), compiled on a GPU ----------------------------
+
+TRITON_SHAPES = [(1, 1, 1, 1, 2), (2, 19, 4, 2, 40), (1, 33, 2, 1, 16), (2, 17, 8, 1, 24)]
+
+
+def _triton_compare(shape, dtype, positions, causal, device):
+    from pygpt.kernels.rope_attention import rope_attention_bwd_triton, rope_attention_fwd_triton
+    from pygpt.ops.rotary import rope_cos_sin
+
+    q, k, v, pos = _inputs(*shape, dtype, positions=positions, fused=True, device=device)
+    D = shape[-1]
+    cos, sin = rope_cos_sin(pos, D) if pos is not None else (None, None)
+    out, lse = rope_attention_fwd_triton(q, k, v, cos, sin, D ** -0.5, causal)
+    grad = torch.randn_like(out)
+    grads = rope_attention_bwd_triton(grad, q, k, v, cos, sin, out, lse, D ** -0.5, causal)
+
+    ref_leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    ref = rope_attention_reference(*ref_leaves, pos, causal=causal)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+    exact_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    exact = rope_attention_reference(*exact_leaves, pos, causal=causal)
+    exact_grads = torch.autograd.grad(exact, exact_leaves, grad.double())
+    _check(out, ref, exact, dtype, "out")
+    for name, g, rg, eg in zip("qkv", grads, ref_grads, exact_grads):
+        _check(g, rg, eg, dtype, f"d{name}")
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("positions, causal", [("per_batch", True), ("shared", False), (None, True)])
+def test_triton_kernel_matches_reference(shape, positions, causal, needs_triton):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _triton_compare(shape, torch.float32, positions, causal, device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES + [(4, 300, 8, 2, 128), (2, 513, 4, 4, 64)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_op_matches_reference(shape, dtype):
+    _compare(*_inputs(*shape, dtype, device="cuda"), dtype)

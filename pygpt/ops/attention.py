@@ -6,8 +6,9 @@ q (B, T, H, D); k, v (B, T, Hkv, D) with H a multiple of Hkv (grouped-query atte
 absolute positions, or None for no rotation (models with learned or sinusoidal positions). The last dimension
 of each input must be contiguous; other strides are free (q, k, v may be views of one fused projection).
 
-Backends: the C++ kernel on CPU (csrc/cpu/rope_attention.cpp, forward and backward); the reference below (the
-rotary op followed by torch's scaled_dot_product_attention) on other devices and when forced.
+Backends: the C++ kernel on CPU (csrc/cpu/rope_attention.cpp) and the Triton kernel on CUDA
+(kernels/rope_attention.py), forward and backward; the reference below (rotate-half RoPE in Torch, then
+scaled_dot_product_attention) when forced, for float64 on CUDA, and on other devices.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from ._checks import FLOAT_DTYPES, INDEX_DTYPES, check_shape, check_tensor
 from ._library import backend_for, extension
-from .rotary import rotary_reference
+from .rotary import rope_cos_sin, rotary_reference
 
 OP = "rope_attention"
 
@@ -59,7 +60,8 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
                    causal: bool = True, scale: float | None = None, base: float = 10000.0) -> torch.Tensor:
     """Causal attention with RoPE at ``positions`` (None: no rotation); differentiable. Returns (B, T, H, D)."""
     check_attention_args(q, k, v, positions)
-    if backend_for(q.device) != "cpp":
+    backend = backend_for(q.device)
+    if backend == "reference" or (backend != "cpp" and q.dtype == torch.float64):
         return rope_attention_reference(q, k, v, positions, causal, scale, base)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return torch.ops.pygpt.rope_attention(q, k, v, positions, scale, base, causal)[0]
@@ -89,9 +91,36 @@ def _backward(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None, None, None
 
 
+def _tables(q: torch.Tensor, positions: torch.Tensor | None, base: float):
+    if positions is None:
+        return None, None
+    return rope_cos_sin(positions, q.shape[-1], base)
+
+
+def _check_cuda_dtype(q: torch.Tensor) -> None:
+    if q.dtype == torch.float64:
+        raise TypeError(f"pygpt.{OP}: the CUDA kernel takes float32, float16 or bfloat16, got float64")
+
+
+def _forward_on_cuda(q, k, v, positions, scale, base=10000.0, causal=True):
+    from pygpt.kernels.rope_attention import rope_attention_fwd_triton
+
+    _check_cuda_dtype(q)
+    return rope_attention_fwd_triton(q, k, v, *_tables(q, positions, base), scale, causal)
+
+
+def _backward_on_cuda(grad_out, q, k, v, positions, out, lse, scale, base=10000.0, causal=True):
+    from pygpt.kernels.rope_attention import rope_attention_bwd_triton
+
+    _check_cuda_dtype(q)
+    return rope_attention_bwd_triton(grad_out, q, k, v, *_tables(q, positions, base), out, lse, scale, causal)
+
+
 def _register() -> None:
     torch.library.register_fake("pygpt::rope_attention")(_fake)
     torch.library.register_fake("pygpt::rope_attention_backward")(_fake_backward)
+    torch.library.register_kernel("pygpt::rope_attention", "cuda")(_forward_on_cuda)
+    torch.library.register_kernel("pygpt::rope_attention_backward", "cuda")(_backward_on_cuda)
     torch.library.register_autograd("pygpt::rope_attention", _backward, setup_context=_setup_context)
 
 

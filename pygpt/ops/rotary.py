@@ -31,6 +31,12 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -
     return positions.float()[..., None] * rope_inv_freq(head_dim, base, positions.device)
 
 
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (Bc, T, D/2) float32 of ``positions`` (B, T) or (T,) (Bc = B or 1), contiguous."""
+    angles = rope_angles(positions if positions.dim() == 2 else positions[None], head_dim, base)
+    return angles.cos().contiguous(), angles.sin().contiguous()
+
+
 def rotary_reference(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0,
                      inverse: bool = False) -> torch.Tensor:
     """The plain Torch rotary: x (B, T, H, D), positions (B, T) or (T,) -> (B, T, H, D) in x's dtype.

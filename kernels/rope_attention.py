@@ -1,0 +1,335 @@
+"""rope_attention in Triton: causal (or full) softmax attention with RoPE applied to the q and k tiles as they
+are loaded (rotated q/k and the T x T scores never touch memory), forward and backward (FlashAttention-2).
+
+    q~ = rot(q), k~ = rot(k) at their positions;  out = softmax(q~ k~^T * scale + mask) v
+
+Layout: q (B, T, H, D), k and v (B, T, Hkv, D), each with a contiguous last dimension and free other strides;
+query head h reads kv head h // (H / Hkv). The rotation is done on the two halves of the head (rotate-half), so
+q~ k~^T = q~1 k~1^T + q~2 k~2^T and any even head_dim works (each half is padded to a power of two and masked).
+cos/sin come from a small (B or 1, T, D/2) fp32 table made once per call (pygpt.ops.rope_cos_sin), which stays
+in L2: computing sin/cos of every key tile for every query block would cost more than the attention itself.
+
+Kernels: _fwd (grid: query blocks x B*H; writes out and the log-sum-exp), _bwd_preprocess (delta = rowsum(dO*O)),
+_bwd_dkdv (grid: key blocks x B*Hkv; loops over the query blocks of every query head of the group, so dk/dv
+need no atomics), _bwd_dq (grid: query blocks x B*H).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _load_rotated_halves(ptr, rows, row_stride, row_mask, cos_ptr, sin_ptr, HALF: tl.constexpr,
+                         BLOCK_HALF: tl.constexpr, ROPE: tl.constexpr):
+    """Load the two halves of a (rows, D) tile and rotate them: (x1 c - x2 s, x2 c + x1 s), in fp32."""
+    i = tl.arange(0, BLOCK_HALF)
+    mask = row_mask[:, None] & (i[None, :] < HALF)
+    base = ptr + rows[:, None] * row_stride + i[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
+    if ROPE:
+        table = rows[:, None] * HALF + i[None, :]
+        c = tl.load(cos_ptr + table, mask=mask, other=0.0)
+        s = tl.load(sin_ptr + table, mask=mask, other=0.0)
+        return x1 * c - x2 * s, x2 * c + x1 * s
+    return x1, x2
+
+
+@triton.jit
+def _fwd(Q, K, V, COS, SIN, OUT, LSE,
+         sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, scb,
+         T, H, GROUPS, qk_scale,
+         HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+         PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUPS
+    b64 = b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < T
+    cos_b = COS + b64 * scb
+    sin_b = SIN + b64 * scb
+    q1, q2 = _load_rotated_halves(Q + b64 * sqb + h * sqh, offs_m, sqt, m_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+    dtype = V.dtype.element_ty
+    # Fold scale * log2(e) into q so the softmax runs on exp2.
+    q1 = (q1 * qk_scale).to(dtype)
+    q2 = (q2 * qk_scale).to(dtype)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = tl.minimum(T, (pid_m + 1) * BLOCK_M) if CAUSAL else T
+    k_base = K + b64 * skb + hk * skh
+    v_base = V + b64 * svb + hk * svh
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < T
+        k1, k2 = _load_rotated_halves(k_base, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+        s = tl.dot(q1, tl.trans(k1.to(dtype)), input_precision=PRECISION)
+        s += tl.dot(q2, tl.trans(k2.to(dtype)), input_precision=PRECISION)
+        valid = n_mask[None, :]
+        if CAUSAL:
+            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key at all
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
+                    mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(OUT + b64 * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], out.to(dtype),
+             mask=m_mask[:, None] & (offs_d[None, :] < D))
+    # Natural-log LSE of the scaled scores: (m + log2 l) * ln 2.
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=m_mask)
+
+
+@triton.jit
+def _bwd_preprocess(OUT, DO, DELTA, sob, sot, soh, sdb, sdt, sdh, T, H,
+                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
+    o = tl.load(OUT + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _unrotate_store(ptr, rows, row_stride, row_mask, g1, g2, cos_ptr, sin_ptr, mult,
+                    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, ROPE: tl.constexpr):
+    """Store mult * rot^T(g) for a gradient g = (g1, g2) with respect to the rotated halves."""
+    i = tl.arange(0, BLOCK_HALF)
+    mask = row_mask[:, None] & (i[None, :] < HALF)
+    if ROPE:
+        table = rows[:, None] * HALF + i[None, :]
+        c = tl.load(cos_ptr + table, mask=mask, other=0.0)
+        s = tl.load(sin_ptr + table, mask=mask, other=0.0)
+        g1, g2 = g1 * c + g2 * s, g2 * c - g1 * s
+    base = ptr + rows[:, None] * row_stride + i[None, :]
+    ty = ptr.dtype.element_ty
+    tl.store(base, (g1 * mult).to(ty), mask=mask)
+    tl.store(base + HALF, (g2 * mult).to(ty), mask=mask)
+
+
+@triton.jit
+def _bwd_dkdv(Q, K, V, COS, SIN, DO, LSE, DELTA, DK, DV,
+              sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, scb,
+              sdkb, sdkt, sdkh, sdvb, sdvt, sdvh,
+              T, H, HKV, GROUPS, qk_scale, sm_scale,
+              HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+              PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HKV
+    hk = bhk % HKV
+    b64 = b.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_mask = offs_n < T
+    cos_b = COS + b64 * scb
+    sin_b = SIN + b64 * scb
+    dtype = V.dtype.element_ty
+    k1, k2 = _load_rotated_halves(K + b64 * skb + hk * skh, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+    k1 = k1.to(dtype)
+    k2 = k2.to(dtype)
+    v = tl.load(V + b64 * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :],
+                mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+    dk1 = tl.zeros([BLOCK_N, BLOCK_HALF], tl.float32)
+    dk2 = tl.zeros([BLOCK_N, BLOCK_HALF], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
+    for g in range(0, GROUPS):
+        h = hk * GROUPS + g
+        q_base = Q + b64 * sqb + h * sqh
+        do_base = DO + b64 * sdb + h * sdh
+        row_base = (b64 * H + h) * T
+        for start_m in range(lo, T, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_mask = offs_m < T
+            q1, q2 = _load_rotated_halves(q_base, offs_m, sqt, m_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+            q1 = (q1 * qk_scale).to(dtype)
+            q2 = (q2 * qk_scale).to(dtype)
+            # s^T (keys x queries), in log2 units
+            st = tl.dot(k1, tl.trans(q1), input_precision=PRECISION)
+            st += tl.dot(k2, tl.trans(q2), input_precision=PRECISION)
+            lse = tl.load(LSE + row_base + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
+            valid = n_mask[:, None] & m_mask[None, :]
+            if CAUSAL:
+                valid = valid & (offs_m[None, :] >= offs_n[:, None])
+            pt = tl.where(valid, tl.exp2(st - lse[None, :]), 0.0)
+            do = tl.load(do_base + offs_m[:, None] * sdt + offs_d[None, :],
+                         mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+            dv += tl.dot(pt.to(dtype), do, input_precision=PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            delta = tl.load(DELTA + row_base + offs_m, mask=m_mask, other=0.0)
+            dst = (pt * (dpt - delta[None, :])).to(dtype)
+            # d(scores)/d(k~) = scale * q~ ; q1/q2 above carry scale * log2(e), so divide the log2(e) back out.
+            dk1 += tl.dot(dst, q1, input_precision=PRECISION)
+            dk2 += tl.dot(dst, q2, input_precision=PRECISION)
+    _unrotate_store(DK + b64 * sdkb + hk * sdkh, offs_n, sdkt, n_mask, dk1, dk2, cos_b, sin_b, 0.6931471805599453,
+                    HALF, BLOCK_HALF, ROPE)
+    tl.store(DV + b64 * sdvb + hk * sdvh + offs_n[:, None] * sdvt + offs_d[None, :], dv.to(dtype),
+             mask=n_mask[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _bwd_dq(Q, K, V, COS, SIN, DO, LSE, DELTA, DQ,
+            sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, scb,
+            sdqb, sdqt, sdqh,
+            T, H, GROUPS, qk_scale, sm_scale,
+            HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+            PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUPS
+    b64 = b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < T
+    cos_b = COS + b64 * scb
+    sin_b = SIN + b64 * scb
+    dtype = V.dtype.element_ty
+    q1, q2 = _load_rotated_halves(Q + b64 * sqb + h * sqh, offs_m, sqt, m_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+    q1 = (q1 * qk_scale).to(dtype)
+    q2 = (q2 * qk_scale).to(dtype)
+    do = tl.load(DO + b64 * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :],
+                 mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+    row_base = bh.to(tl.int64) * T
+    lse = tl.load(LSE + row_base + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row_base + offs_m, mask=m_mask, other=0.0)
+    dq1 = tl.zeros([BLOCK_M, BLOCK_HALF], tl.float32)
+    dq2 = tl.zeros([BLOCK_M, BLOCK_HALF], tl.float32)
+    hi = tl.minimum(T, (pid_m + 1) * BLOCK_M) if CAUSAL else T
+    k_base = K + b64 * skb + hk * skh
+    v_base = V + b64 * svb + hk * svh
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < T
+        k1, k2 = _load_rotated_halves(k_base, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+        k1 = k1.to(dtype)
+        k2 = k2.to(dtype)
+        s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION)
+        s += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
+        valid = m_mask[:, None] & n_mask[None, :]
+        if CAUSAL:
+            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
+                    mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = (p * (dp - delta[:, None])).to(dtype)
+        dq1 += tl.dot(ds, k1, input_precision=PRECISION)
+        dq2 += tl.dot(ds, k2, input_precision=PRECISION)
+    _unrotate_store(DQ + b64 * sdqb + h * sdqh, offs_m, sdqt, m_mask, dq1, dq2, cos_b, sin_b, sm_scale,
+                    HALF, BLOCK_HALF, ROPE)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _blocks(D: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps). Small tiles under the CPU interpreter, where each tile op is numpy."""
+    if _interpreting():
+        return 16, 16, 1
+    if D <= 64:
+        return 128, 64, 4
+    if D <= 128:
+        return 128, 64, 8
+    return 64, 32, 8
+
+
+def _common(q: torch.Tensor, cos: torch.Tensor | None):
+    B, T, H, D = q.shape
+    half = D // 2
+    block_half = max(16, triton.next_power_of_2(half))  # tl.dot needs >= 16
+    block_d = 2 * block_half if 2 * half == D else max(16, triton.next_power_of_2(D))
+    rope = cos is not None
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    return B, T, H, D, half, block_half, block_d, rope, precision
+
+
+def _dummy_table(q: torch.Tensor) -> torch.Tensor:
+    return torch.empty(1, device=q.device, dtype=torch.float32)
+
+
+def rope_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None,
+                              sin: torch.Tensor | None, scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """out (B, T, H, D) and lse (B, H, T) fp32. cos/sin: (Bc, T, D/2) fp32 tables (Bc = B or 1), or None."""
+    B, T, H, D, half, block_half, block_d, rope, precision = _common(q, cos)
+    Hkv = k.shape[2]
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    if q.numel() == 0:
+        return out, lse
+    cos = cos if rope else _dummy_table(q)
+    sin = sin if rope else cos
+    scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0
+    block_m, block_n, warps = _blocks(D)
+    grid = (triton.cdiv(T, block_m), B * H)
+    _fwd[grid](q, k, v, cos, sin, out, lse,
+               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), scb,
+               T, H, H // Hkv, scale * LOG2E,
+               HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+               CAUSAL=causal, ROPE=rope, PRECISION=precision, num_warps=warps)
+    return out, lse
+
+
+def rope_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              cos: torch.Tensor | None, sin: torch.Tensor | None, out: torch.Tensor,
+                              lse: torch.Tensor, scale: float, causal: bool):
+    """dq, dk, dv with respect to the un-rotated q and k (and v), same shapes and dtypes as the inputs."""
+    B, T, H, D, half, block_half, block_d, rope, precision = _common(q, cos)
+    Hkv = k.shape[2]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    cos = cos if rope else _dummy_table(q)
+    sin = sin if rope else cos
+    scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0
+    block_m, block_n, warps = _blocks(D)
+    delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    _bwd_preprocess[(triton.cdiv(T, block_m), B * H)](
+        out, grad_out, delta, out.stride(0), out.stride(1), out.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), T, H,
+        D=D, BLOCK_D=block_d, BLOCK_M=block_m, num_warps=warps)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), scb)
+    meta = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+                CAUSAL=causal, ROPE=rope, PRECISION=precision, num_warps=warps)
+    _bwd_dkdv[(triton.cdiv(T, block_n), B * Hkv)](
+        q, k, v, cos, sin, grad_out, lse, delta, dk, dv, *strides,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        T, H, Hkv, H // Hkv, scale * LOG2E, scale, **meta)
+    _bwd_dq[(triton.cdiv(T, block_m), B * H)](
+        q, k, v, cos, sin, grad_out, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
+        T, H, H // Hkv, scale * LOG2E, scale, **meta)
+    return dq, dk, dv
