@@ -18,4 +18,30 @@ TORCH_LIBRARY(pygpt, m) {
   // Its gradients with respect to the un-rotated q, k and v.
   m.def("rope_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? positions, Tensor out, "
         "Tensor lse, float scale, float base=10000.0, bool causal=True) -> (Tensor, Tensor, Tensor)");
+
+  // Next-token ids (B,) int64 from logits (B, V) with per-row temperature (B,) fp32, top_k (B,) int32, top_p (B,)
+  // fp32 and min_p (B,) fp32; temperature 0 or top_k 1 is greedy. rng_state is an int64 (2,) tensor [seed,
+  // offset] on the logits' device, read (never written) by the kernel: the same state gives the same ids.
+  m.def("sample(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, Tensor rng_state) "
+        "-> Tensor");
+  // The CUDA C++ implementation of sample, selectable against the Triton one (PYGPT_CUDA_BACKEND=cuda).
+  m.def("sample_cuda(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
+        "Tensor rng_state) -> Tensor");
+
+  // KV cache, per layer: k_cache and v_cache (B, Hkv, C, D) ring buffers of C slots per sequence (position p lives
+  // in slot p % C, keys stored after RoPE); lengths (B,) int32 counts the tokens ever appended (= the next
+  // position) and starts (B,) int32 is the position of the oldest valid entry. Eviction is bookkeeping only.
+  // kv_append writes k, v (B, Tn, Hkv, D) at positions lengths .. lengths + Tn - 1 and advances lengths/starts.
+  m.def("kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) lengths, Tensor(d!) starts, Tensor k, "
+        "Tensor v) -> ()");
+  m.def("kv_append_cuda(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) lengths, Tensor(d!) starts, Tensor k, "
+        "Tensor v) -> ()");
+  // Drop the oldest counts[b] entries of sequence b; counts[b] < 0 frees the sequence (lengths = starts = 0).
+  m.def("kv_evict(Tensor(a!) lengths, Tensor(b!) starts, Tensor counts) -> ()");
+  m.def("kv_evict_cuda(Tensor(a!) lengths, Tensor(b!) starts, Tensor counts) -> ()");
+  // Decode step: q (B, Tn, H, D), k, v (B, Tn, Hkv, D) of Tn new tokens at positions lengths .. lengths + Tn - 1:
+  // rotate q and k (rope=True), attend each new token over the cache's window of the last C positions (and the
+  // new tokens before it), then append k~, v to the cache. Returns (B, Tn, H, D).
+  m.def("rope_decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+        "Tensor(c!) lengths, Tensor(d!) starts, float scale, float base=10000.0, bool rope=True) -> Tensor");
 }

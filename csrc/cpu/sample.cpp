@@ -1,0 +1,1 @@
+// sample, CPU: being written (the sampling issue).

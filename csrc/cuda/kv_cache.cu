@@ -1,0 +1,1 @@
+// KV cache, CUDA C++: being written.

@@ -1,0 +1,1 @@
+// sample, CUDA C++: being written (the sampling issue).

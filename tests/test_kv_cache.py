@@ -1,0 +1,132 @@
+"""KV-cache ops against their Torch references: kv_append / kv_evict (bookkeeping and copies must be exact) and
+the decode step rope_decode_attention (attention over the ring buffer's window, then append), across dtypes,
+batch > 1 with different lengths, GQA, and wrap-around."""
+
+import pytest
+import torch
+
+import pygpt.ops as ops
+from pygpt.ops.kv_cache import kv_append_reference, kv_evict_reference, rope_decode_attention_reference
+from pygpt.testing import assert_close
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def random_cache(B, Hkv, C, D, dtype, device="cpu", seed=0):
+    """A cache in a random reachable state: some sequences empty, some wrapped around several times."""
+    g = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(B, Hkv, C, D, generator=g).to(dtype).to(device)
+    v_cache = torch.randn(B, Hkv, C, D, generator=g).to(dtype).to(device)
+    lengths = torch.randint(0, 3 * C, (B,), generator=g, dtype=torch.int32)
+    lengths[0] = 0
+    filled = torch.minimum(lengths, torch.tensor(C, dtype=torch.int32))
+    starts = lengths - (torch.rand(B, generator=g) * (filled + 1).float()).floor().int().clamp(max=filled)
+    return k_cache, v_cache, lengths.to(device), starts.to(device)
+
+
+def clone_all(*tensors):
+    return [t.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("B, Hkv, C, D, Tn", [(3, 2, 8, 16, 1), (4, 1, 5, 40, 5), (2, 3, 17, 8, 4)])
+def test_kv_append_matches_reference(dtype, B, Hkv, C, D, Tn):
+    cache = random_cache(B, Hkv, C, D, dtype)
+    k, v = torch.randn(2, B, Tn, Hkv, D).to(dtype)
+    expected = clone_all(*cache)
+    kv_append_reference(*expected, k, v)
+    ops.kv_append(*cache, k, v)
+    for got, want in zip(cache, expected):
+        assert torch.equal(got, want)
+
+
+def test_kv_append_strided_rows():
+    cache = random_cache(2, 2, 6, 8, torch.float32)
+    kv = torch.randn(2, 3, 2, 16)  # k and v as views of one projection
+    k, v = kv[..., :8], kv[..., 8:]
+    expected = clone_all(*cache)
+    kv_append_reference(*expected, k, v)
+    ops.kv_append(*cache, k, v)
+    assert all(torch.equal(a, b) for a, b in zip(cache, expected))
+
+
+def test_kv_evict_matches_reference():
+    for seed in range(5):
+        _, _, lengths, starts = random_cache(6, 1, 7, 4, torch.float32, seed=seed)
+        counts = torch.tensor([0, 1, 3, 100, -1, 2], dtype=torch.int32)
+        want = clone_all(lengths, starts)
+        kv_evict_reference(*want, counts)
+        ops.kv_evict(lengths, starts, counts)
+        assert torch.equal(lengths, want[0]) and torch.equal(starts, want[1])
+    assert int(lengths[4]) == 0 and int(starts[4]) == 0  # freed for reuse
+
+
+def test_eviction_is_bookkeeping_only():
+    cache = random_cache(2, 1, 4, 8, torch.float32)
+    before = cache[0].clone()
+    ops.kv_evict(cache[2], cache[3], torch.tensor([1, 1], dtype=torch.int32))
+    assert torch.equal(cache[0], before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [
+    (3, 4, 2, 8, 16, 1, True), (2, 6, 3, 5, 40, 3, True), (4, 8, 1, 16, 8, 1, False), (2, 2, 2, 7, 32, 7, True),
+])
+def test_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope):
+    cache = random_cache(B, Hkv, C, D, dtype)
+    q = torch.randn(B, Tn, H, D).to(dtype)
+    k, v = torch.randn(2, B, Tn, Hkv, D).to(dtype)
+    expected_cache = clone_all(*cache)
+    want = rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(),
+                                            *[t.double() if t.is_floating_point() else t.clone()
+                                              for t in clone_all(*cache)], rope=rope)
+    got = ops.rope_decode_attention(q, k, v, *cache, rope=rope)
+    assert_close(got, exact, dtype, tol={dtype: {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5),
+                                                 torch.float16: (3e-3, 3e-3), torch.bfloat16: (3e-2, 3e-2)}[dtype]})
+    assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
+    # Rotated keys: cos/sin may differ by an ulp between libm and torch; values are copied exactly.
+    assert_close(cache[0], expected_cache[0].double(), dtype)
+    assert torch.equal(cache[1], expected_cache[1])
+
+
+def test_window_slides_past_capacity():
+    """Appending one token at a time past C keeps exactly the last C positions visible."""
+    B, H, C, D = 1, 2, 4, 8
+    k_cache, v_cache = torch.zeros(2, B, H, C, D)
+    lengths, starts = torch.zeros(B, dtype=torch.int32), torch.zeros(B, dtype=torch.int32)
+    keys, values, queries = torch.randn(3, 10, B, 1, H, D)
+    for t in range(10):
+        out = ops.rope_decode_attention(queries[t], keys[t], values[t], k_cache, v_cache, lengths, starts)
+        lo = max(0, t - C + 1)
+        pos = torch.arange(lo, t + 1)
+        kk = ops.rotary_reference(torch.cat(list(keys[lo:t + 1]), 1), pos)  # (1, n, H, D)
+        qq = ops.rotary_reference(queries[t], torch.tensor([t]))
+        att = torch.einsum("bthd,bnhd->bhtn", qq, kk) * D ** -0.5
+        want = torch.einsum("bhtn,bnhd->bthd", att.softmax(-1), torch.cat(list(values[lo:t + 1]), 1))
+        assert_close(out, want.double(), torch.float32)
+    assert int(lengths[0]) == 10 and int(starts[0]) == 6
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: ops.kv_append(*c, torch.randn(2, 1, 3, 8), torch.randn(2, 1, 3, 8)), r"k must have shape \(B, Tn, Hkv, D\)"),
+    (lambda c: ops.kv_append(*c, torch.randn(2, 9, 2, 8), torch.randn(2, 9, 2, 8)), "cannot append 9 tokens"),
+    (lambda c: ops.kv_append(c[0], c[1], c[2].long(), c[3], torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8)),
+     "lengths must be one of int32"),
+    (lambda c: ops.rope_decode_attention(torch.randn(2, 1, 3, 8), torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8), *c),
+     "q must have shape"),
+    (lambda c: ops.kv_append(*c, torch.randn(2, 1, 2, 8).half(), torch.randn(2, 1, 2, 8).half()), "k must be one of float32"),
+])
+def test_bad_inputs(call, match):
+    cache = random_cache(2, 2, 8, 8, torch.float32)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(cache)
+
+
+def test_opcheck():
+    cache = random_cache(2, 2, 8, 8, torch.float32)
+    k, v = torch.randn(2, 2, 1, 2, 8)
+    torch.library.opcheck(torch.ops.pygpt.kv_append.default, (*cache, k, v), test_utils=("test_schema", "test_faketensor"))
+    q = torch.randn(2, 1, 4, 8)
+    torch.library.opcheck(torch.ops.pygpt.rope_decode_attention.default, (q, k, v, *cache, 0.3, 1e4, True),
+                          test_utils=("test_schema", "test_faketensor"))
