@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model (presets lite/heavy, --set key=value overrides)"),
     "eval": ("evaluate", "full-val loss and top-5 accuracy of a checkpoint"),
     "generate": ("generate", "sample text from a checkpoint (default: the bundled model)"),
+    "bench": ("bench", "time generation (ms/token) with and without the KV cache"),
     "info": ("info", "versions, compiled extension, GPU and the backend each op uses"),
 }
 

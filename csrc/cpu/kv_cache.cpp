@@ -67,7 +67,8 @@ void write_rows(at::Tensor& cache, const at::Tensor& rows, const int32_t* len) {
   const int64_t B = cache.size(0), Hkv = cache.size(1), C = cache.size(2), D = cache.size(3), Tn = rows.size(1);
   scalar_t* c = cache.data_ptr<scalar_t>();
   const scalar_t* r = rows.data_ptr<scalar_t>();
-  at::parallel_for(0, B * Tn, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * Tn, std::max<int64_t>(16, 4096 / std::max<int64_t>(1, Hkv * D)), [&](int64_t begin,
+                                                                                          int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / Tn, t = bt % Tn, slot = (len[b] + t) % C;
       for (int64_t h = 0; h < Hkv; ++h) {
@@ -126,7 +127,10 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   const scalar_t* kc = k_cache.data_ptr<scalar_t>();
   const scalar_t* vc = v_cache.data_ptr<scalar_t>();
 
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
+  // A decode step is tiny (one token): run it on the calling thread unless there is real work to share.
+  const int64_t work_per_task = (std::min<int64_t>(C, 1 + len[0]) + Tn) * groups * Tn * D;
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, work_per_task));
+  at::parallel_for(0, B * Hkv, grain, [&](int64_t begin, int64_t end) {
     const int64_t R = groups * Tn;  // query rows of one task: every (token, head of the group)
     std::vector<acc_t> qs(R * D), kn(Tn * D), vn(Tn * D), acc(R * D), m(R), l(R), s(R), row(D);
     for (int64_t task = begin; task < end; ++task) {

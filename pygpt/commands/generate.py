@@ -1,5 +1,6 @@
 """`pygpt generate`: sample text from a checkpoint (default: the bundled model), streamed to stdout as it is
-produced. Temperature, top-k and top-p (nucleus) sampling; --seed makes it reproducible."""
+produced. Temperature, top-k and top-p (nucleus) sampling; --seed makes it reproducible. Uses the KV-cache engine
+(CUDA-graphed decode step on GPU); --no-cache recomputes the whole context every token."""
 
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", default=None, help="stop once the generated text ends with this string")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="don't capture the decode step on CUDA")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pygpt.infer import generate_text
+    from pygpt.infer import Engine
     from pygpt.train import load_checkpoint, resolve_device
 
     try:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
-        stream = generate_text(ckpt.model, ckpt.tokenizer, args.prompt, args.length, args.temperature, args.top_k,
-                               args.top_p, args.seed, device)
+        engine = Engine(ckpt.model, ckpt.tokenizer, use_cache=not args.no_cache, cuda_graph=not args.no_cuda_graph)
+        stream = engine.stream(args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed,
+                               args.stop)
         sys.stdout.write(args.prompt)
         for piece in stream:
             sys.stdout.write(piece)

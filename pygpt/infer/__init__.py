@@ -1,5 +1,6 @@
-"""Inference: token generation (streaming)."""
+"""Inference: the KV cache and the generation engine (prefill, decode loop, CUDA graphs, streaming)."""
 
-from .generate import generate, generate_text
+from .cache import KVCache
+from .engine import Engine
 
-__all__ = ["generate", "generate_text"]
+__all__ = ["KVCache", "Engine"]

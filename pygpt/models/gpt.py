@@ -86,12 +86,15 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual_init = True
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: tuple | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
-        y = ops.rope_attention(q, k, v, positions if self.rope else None, causal=True, base=self.rope_base)
+        if cache is not None:  # decode: attend over this layer's KV cache, then append k, v to it
+            y = ops.rope_decode_attention(q, k, v, *cache, base=self.rope_base, rope=self.rope)
+        else:
+            y = ops.rope_attention(q, k, v, positions if self.rope else None, causal=True, base=self.rope_base)
         return self.dropout(self.proj(y.reshape(B, T, H * D)))  # (B, T, C)
 
 
@@ -104,8 +107,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.n_embd, cfg.mlp, cfg.bias, cfg.dropout)
         self.mlp.down.residual_init = True
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), positions)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: tuple | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), positions, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -146,16 +149,17 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                kv_cache=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy against targets (B, T) if given.
 
-        positions (T,) or (B, T) are the tokens' absolute positions (default 0..T-1). With learned or
-        sinusoidal positions they must be < block_size.
+        positions (T,) or (B, T) are the tokens' absolute positions (default 0..T-1, or the next positions of
+        ``kv_cache``). With learned or sinusoidal positions they must be < block_size. With a
+        pygpt.infer.KVCache the tokens are decoded against it and appended to it.
         """
         B, T = idx.shape
         if positions is None:
-            positions = torch.arange(T, device=idx.device)
+            positions = kv_cache.positions(T) if kv_cache is not None else torch.arange(T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
         if self.config.pos != "rope":
             # (The bound check reads positions on the host: skipped while torch.compile traces.)
@@ -165,8 +169,8 @@ class GPT(nn.Module):
             table = self.wpe.weight if self.config.pos == "learned" else self.wpe_table
             x = x + table[positions]
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, kv_cache.layer(i) if kv_cache is not None else None)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         loss = None if targets is None else lm_loss(logits, targets)
         return logits, loss

@@ -1,0 +1,53 @@
+"""`pygpt bench generate`: generation speed per ../shared/EVAL.md - batch 1, a 1-character prompt, 1000 new
+characters at temperature 0.8 and top-k 10, after a 50-token warm-up - as ms/token, for full recompute (no
+cache), the KV cache, and (on CUDA) the KV cache with the CUDA-graphed decode step."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.add_argument("what", choices=["generate"], help="what to time")
+    parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled lite model)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--modes", default="", help="comma-separated subset of no-cache,cache,cache+graph")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from pygpt.benchmark import device_name
+    from pygpt.infer import Engine
+    from pygpt.train import load_checkpoint, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
+    modes = {"no-cache": dict(use_cache=False, cuda_graph=False), "cache": dict(use_cache=True, cuda_graph=False)}
+    if device.type == "cuda":
+        modes["cache+graph"] = dict(use_cache=True, cuda_graph=True)
+    if args.modes:
+        modes = {m: modes[m] for m in args.modes.split(",")}
+    cfg = ckpt.model.config
+    print(f"generate on {device_name(device)}: {ckpt.model.num_params():,}-parameter GPT ({cfg.n_layer} layers, "
+          f"{cfg.n_embd} dims, block {cfg.block_size}), batch 1, {args.tokens} tokens, T 0.8, top-k 10")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for name, options in modes.items():
+        engine = Engine(ckpt.model, ckpt.tokenizer, **options)
+        for _ in engine.generate_ids([[0]], 50, temperature=0.8, top_k=10, seed=0):  # warm-up
+            pass
+        sync()
+        start = time.perf_counter()
+        for _ in engine.generate_ids([[0]], args.tokens, temperature=0.8, top_k=10, seed=0):
+            pass
+        sync()
+        ms = (time.perf_counter() - start) * 1e3 / args.tokens
+        print(f"{name:<12} {ms:8.3f} ms/token")
+    return 0

@@ -1,0 +1,50 @@
+"""The KV cache of a whole model: per layer, ring buffers k, v (B, Hkv, C, D) plus the lengths/starts counters
+(see pygpt.ops.kv_cache). Every layer keeps its own counters (each decode op advances its layer's), so they stay
+equal across layers."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Preallocated cache for ``batch_size`` sequences of up to ``capacity`` positions each (a sliding window)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, capacity: int, head_dim: int,
+                 device: torch.device | str, dtype: torch.dtype):
+        if batch_size <= 0 or capacity <= 0:
+            raise ValueError(f"KVCache: batch_size and capacity must be > 0, got {batch_size} and {capacity}")
+        self.batch_size, self.capacity = batch_size, capacity
+        shape = (batch_size, n_kv_head, capacity, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.lengths = [torch.zeros(batch_size, device=device, dtype=torch.int32) for _ in range(n_layer)]
+        self.starts = [torch.zeros(batch_size, device=device, dtype=torch.int32) for _ in range(n_layer)]
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, capacity: int | None = None, device=None, dtype=None) -> KVCache:
+        cfg = model.config
+        param = next(model.parameters())
+        return cls(cfg.n_layer, batch_size, cfg.kv_heads, capacity or cfg.block_size, cfg.head_dim,
+                   device or param.device, dtype or param.dtype)
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.k[i], self.v[i], self.lengths[i], self.starts[i]
+
+    def rows(self, b: int) -> KVCache:
+        """A view of sequence b alone (batch of one); writes go to this cache."""
+        view = object.__new__(KVCache)
+        view.batch_size, view.capacity = 1, self.capacity
+        view.k = [t[b:b + 1] for t in self.k]
+        view.v = [t[b:b + 1] for t in self.v]
+        view.lengths = [t[b:b + 1] for t in self.lengths]
+        view.starts = [t[b:b + 1] for t in self.starts]
+        return view
+
+    def positions(self, n_new: int) -> torch.Tensor:
+        """(B, n_new) absolute positions of the next n_new tokens of every sequence (on the device)."""
+        return self.lengths[0].long()[:, None] + torch.arange(n_new, device=self.lengths[0].device)
+
+    def reset(self) -> None:
+        for t in self.lengths + self.starts:
+            t.zero_()

@@ -1,0 +1,116 @@
+"""The generation engine: cached decoding against full recompute and against the sliding-window reference,
+batches with different prompt lengths, streaming, stop strings, seeds and bad inputs."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pygpt.ops as ops
+from pygpt.data import CharTokenizer
+from pygpt.infer import Engine, KVCache
+from pygpt.models import GPT, GPTConfig
+
+
+def _model(pos="rope", block_size=16, **kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=20, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, pos=pos)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+@torch.no_grad()
+def test_cached_logits_equal_full_recompute_within_the_window(pos):
+    model = _model(pos)
+    idx = torch.randint(0, 20, (3, 16))
+    full, _ = model(idx)
+    cache = KVCache.for_model(model, 3)
+    pieces = [model(idx[:, :5], kv_cache=cache)[0]]  # prefill, then one token at a time
+    for t in range(5, 16):
+        pieces.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=2e-5, rtol=2e-5)
+
+
+def sliding_window_logits(model: GPT, idx: torch.Tensor, window: int) -> torch.Tensor:
+    """The reference past the window: every query attends to the previous `window` keys (itself included), keys
+    rotated at their own absolute positions - plain Torch, float64."""
+    model = model.double()
+    B, T = idx.shape
+    positions = torch.arange(T)
+    band = (positions[None, :] <= positions[:, None]) & (positions[None, :] > positions[:, None] - window)
+    x = model.wte(idx)
+    for block in model.blocks:
+        attn = block.attn
+        h = block.norm1(x)
+        H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
+        q, k, v = attn.qkv(h).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = ops.rotary_reference(q.reshape(B, T, H, D), positions).transpose(1, 2)
+        k = ops.rotary_reference(k.reshape(B, T, Hkv, D), positions).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+        v = v.reshape(B, T, Hkv, D).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+        x = x + attn.proj(y.transpose(1, 2).reshape(B, T, H * D))
+        x = x + block.mlp(block.norm2(x))
+    logits = model.lm_head(model.norm_f(x))
+    model.float()
+    return logits
+
+
+@torch.no_grad()
+def test_rope_cache_slides_past_the_window():
+    model = _model("rope", block_size=8)
+    idx = torch.randint(0, 20, (2, 30))
+    cache = KVCache.for_model(model, 2)
+    pieces = [model(idx[:, :3], kv_cache=cache)[0]]
+    for t in range(3, 30):
+        pieces.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
+    expected = sliding_window_logits(model, idx, window=8)
+    torch.testing.assert_close(torch.cat(pieces, 1).double(), expected, atol=2e-5, rtol=2e-5)
+    assert int(cache.lengths[0][0]) == 30 and int(cache.starts[0][0]) == 22
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_greedy_is_identical_with_and_without_cache(pos):
+    model = _model(pos, block_size=32)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]  # different lengths in one batch
+    cached = torch.stack(list(Engine(model).generate_ids(prompts, 20, temperature=0)))
+    recomputed = torch.stack(list(Engine(model, use_cache=False).generate_ids(prompts, 20, temperature=0)))
+    assert torch.equal(cached, recomputed)
+
+
+def test_learned_positions_recompute_past_the_window_and_say_so_once():
+    model = _model("learned", block_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids = list(Engine(model).generate_ids([[1, 2]], 20, temperature=0))
+    assert len(ids) == 20
+    assert sum("cannot slide" in str(w.message) for w in caught) == 1
+    recomputed = list(Engine(model, use_cache=False).generate_ids([[1, 2]], 20, temperature=0))
+    assert torch.equal(torch.stack(ids), torch.stack(recomputed))
+
+
+def test_text_streaming_stop_and_seed():
+    tok = CharTokenizer("abcdefghijklmnopqrs\n")
+    engine = Engine(_model(), tok)
+    first = "".join(engine.stream("abc", 40, temperature=1.0, seed=3))
+    assert len(first) == 40
+    assert "".join(engine.stream("abc", 40, temperature=1.0, seed=3)) == first
+    assert "".join(engine.stream("abc", 40, temperature=1.0, seed=4)) != first
+    stop = first[5:7]
+    cut = "".join(engine.stream("abc", 40, temperature=1.0, seed=3, stop=stop))
+    assert cut.endswith(stop) and len(cut) <= first.index(stop) + 2
+    batch = engine.generate(["ab", "cdefg"], 10, temperature=1.0, seed=1)
+    assert [len(t) for t in batch] == [10, 10]
+
+
+def test_bad_inputs():
+    tok = CharTokenizer("abc\n")
+    engine = Engine(_model(vocab_size=4), tok)
+    with pytest.raises(ValueError, match="character 'z'"):
+        list(engine.stream("az", 5))
+    with pytest.raises(ValueError, match="max_new_tokens must be > 0"):
+        list(engine.stream("a", 0))
+    with pytest.raises(ValueError, match="batch_size and capacity must be > 0"):
+        KVCache.for_model(engine.model, 0)
