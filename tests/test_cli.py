@@ -51,7 +51,7 @@ def test_generate_rejects_unknown_characters(trained):
 
 
 def test_generate_rejects_bad_length(trained):
-    with pytest.raises(SystemExit, match="length must be > 0"):
+    with pytest.raises(SystemExit, match="max_new_tokens must be > 0"):
         main(["generate", "--checkpoint", str(trained), "--length", "0"])
 
 
