@@ -130,3 +130,77 @@ def test_opcheck():
     q = torch.randn(2, 1, 4, 8)
     torch.library.opcheck(torch.ops.pygpt.rope_decode_attention.default, (q, k, v, *cache, 0.3, 1e4, True),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- Triton kernels: through the CPU interpreter here, compiled on a GPU -----------------------------------
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("B, Hkv, C, D, Tn", [(3, 2, 8, 16, 1), (2, 1, 5, 40, 5)])
+def test_triton_append_and_evict(B, Hkv, C, D, Tn, needs_triton):
+    from pygpt.kernels.kv_cache import kv_append_triton, kv_evict_triton
+
+    cache = [t.to(DEVICE) for t in random_cache(B, Hkv, C, D, torch.float32)]
+    k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE)
+    expected = clone_all(*cache)
+    kv_append_reference(*expected, k, v)
+    kv_append_triton(*cache, k, v)
+    assert all(torch.equal(a, b) for a, b in zip(cache, expected))
+    counts = torch.tensor([1, -1, 2][:B], dtype=torch.int32, device=DEVICE)
+    kv_evict_reference(expected[2], expected[3], counts)
+    kv_evict_triton(cache[2], cache[3], counts)
+    assert torch.equal(cache[2], expected[2]) and torch.equal(cache[3], expected[3])
+
+
+@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [(3, 4, 2, 8, 16, 1, True), (2, 2, 1, 20, 40, 3, True),
+                                                       (2, 2, 2, 6, 8, 1, False)])
+def test_triton_decode_matches_reference(B, H, Hkv, C, D, Tn, rope, needs_triton):
+    from pygpt.kernels.decode_attention import rope_decode_attention_triton
+    from pygpt.ops.rotary import rope_inv_freq
+
+    cache = [t.to(DEVICE) for t in random_cache(B, Hkv, C, D, torch.float32, seed=3)]
+    q = torch.randn(B, Tn, H, D, device=DEVICE)
+    k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE)
+    expected_cache = clone_all(*cache)
+    want = rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
+    got = rope_decode_attention_triton(q, k, v, *cache, D ** -0.5, rope_inv_freq(D, device=DEVICE), rope)
+    assert_close(got, want.double(), torch.float32, tol={torch.float32: (2e-5, 2e-5)})
+    assert_close(cache[0], expected_cache[0].double(), torch.float32)
+    assert torch.equal(cache[1], expected_cache[1])
+    assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_decode_op(dtype):
+    cache = [t.cuda() for t in random_cache(4, 2, 64, 64, dtype)]
+    q = torch.randn(4, 1, 8, 64, device="cuda").to(dtype)
+    k, v = torch.randn(2, 4, 1, 2, 64, device="cuda").to(dtype)
+    expected_cache = clone_all(*cache)
+    want = rope_decode_attention_reference(q.double(), k.double(), v.double(),
+                                           *[t.double() if t.is_floating_point() else t for t in expected_cache])
+    got = ops.rope_decode_attention(q, k, v, *cache)
+    assert_close(got, want, dtype, tol={dtype: {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3),
+                                                torch.bfloat16: (3e-2, 3e-2)}[dtype]})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_backend", ["triton", "cuda"])
+def test_gpu_append_evict_backends(cuda_backend):
+    if cuda_backend == "cuda" and not ops.extension().built_with_cuda():
+        pytest.skip("CUDA C++ kernels not compiled in")
+    try:
+        ops.set_backend(cuda_backend=cuda_backend)
+        cache = [t.cuda() for t in random_cache(4, 2, 16, 64, torch.bfloat16)]
+        k, v = torch.randn(2, 4, 3, 2, 64, device="cuda").to(torch.bfloat16)
+        expected = clone_all(*cache)
+        kv_append_reference(*expected, k, v)
+        ops.kv_append(*cache, k, v)
+        assert all(torch.equal(a, b) for a, b in zip(cache, expected))
+        counts = torch.tensor([0, 2, -1, 30], dtype=torch.int32, device="cuda")
+        kv_evict_reference(expected[2], expected[3], counts)
+        ops.kv_evict(cache[2], cache[3], counts)
+        assert torch.equal(cache[2], expected[2]) and torch.equal(cache[3], expected[3])
+    finally:
+        ops.set_backend(cuda_backend="triton")

@@ -148,7 +148,34 @@ def rope_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_c
 # ---- registration -------------------------------------------------------------------------------------------
 
 
+def _append_on_cuda(k_cache, v_cache, lengths, starts, k, v) -> None:
+    if backend_for(k_cache.device) == "cuda":
+        return torch.ops.pygpt.kv_append_cuda(k_cache, v_cache, lengths, starts, k, v)
+    from pygpt.kernels.kv_cache import kv_append_triton
+
+    kv_append_triton(k_cache, v_cache, lengths, starts, k, v)
+
+
+def _evict_on_cuda(lengths, starts, counts) -> None:
+    if backend_for(lengths.device) == "cuda":
+        return torch.ops.pygpt.kv_evict_cuda(lengths, starts, counts)
+    from pygpt.kernels.kv_cache import kv_evict_triton
+
+    kv_evict_triton(lengths, starts, counts)
+
+
+def _decode_on_cuda(q, k, v, k_cache, v_cache, lengths, starts, scale, base=10000.0, rope=True):
+    from pygpt.kernels.decode_attention import rope_decode_attention_triton
+    from pygpt.kernels.rotary import _inv_freq
+
+    return rope_decode_attention_triton(q, k, v, k_cache, v_cache, lengths, starts, scale,
+                                        _inv_freq(q.shape[-1], float(base), q.device), rope)
+
+
 def _register() -> None:
+    torch.library.register_kernel("pygpt::kv_append", "cuda")(_append_on_cuda)
+    torch.library.register_kernel("pygpt::kv_evict", "cuda")(_evict_on_cuda)
+    torch.library.register_kernel("pygpt::rope_decode_attention", "cuda")(_decode_on_cuda)
     torch.library.register_fake("pygpt::kv_append")(lambda *args: None)
     torch.library.register_fake("pygpt::kv_append_cuda")(lambda *args: None)
     torch.library.register_fake("pygpt::kv_evict")(lambda *args: None)

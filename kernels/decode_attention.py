@@ -1,0 +1,200 @@
+"""rope_decode_attention in Triton: the decode step against the ring-buffer KV cache, flash-decoding style.
+
+Stage 1 (_partial, grid B*Hkv x splits): the query rows of one kv head - every new token t < Tn times every query
+head of the group, so each cached key is read once for the whole group - are rotated at their positions
+lengths + t; the program walks its share of the keys (old cache positions [lo, lengths) at slot p % C, then the
+Tn new keys rotated in the kernel), with the online softmax, and writes a partial (acc, max, sum).
+Stage 2 (_merge, grid B*Hkv): combines the splits into the output and appends the rotated new keys and the
+values to the cache. The counters advance in a last tiny launch (kernels/kv_cache.py), after every read.
+
+The split count depends only on the capacity (never on the lengths, which live on the device), so the step
+can be captured in a CUDA graph. Each new token at position p sees the positions (p - C, p] still valid.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .kv_cache import advance_counters_triton
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _rotate(x1, x2, pos, INV_FREQ, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, ROPE: tl.constexpr):
+    """Rotate halves (rows, BLOCK_HALF) at positions pos (rows,)."""
+    if ROPE:
+        i = tl.arange(0, BLOCK_HALF)
+        inv_freq = tl.load(INV_FREQ + i, mask=i < HALF, other=0.0)
+        angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]
+        c = tl.cos(angle)
+        s = tl.sin(angle)
+        return x1 * c - x2 * s, x2 * c + x1 * s
+    return x1, x2
+
+
+@triton.jit
+def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML,
+             sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+             Hkv, C, Tn, GROUPS, qk_scale, CHUNK, NSPLIT,
+             HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, ROPE: tl.constexpr):
+    bhk = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    b64 = b.to(tl.int64)
+    length = tl.load(LEN + b)
+    start = tl.load(START + b)
+    lo = tl.maximum(start, length - C + 1)  # oldest position any new token can see
+    n_old = length - lo
+    n_total = n_old + Tn
+
+    r = tl.arange(0, BLOCK_R)
+    t = r // GROUPS
+    h = hk * GROUPS + r % GROUPS
+    r_mask = t < Tn
+    p_row = length + t  # positions of the query rows
+    i = tl.arange(0, BLOCK_HALF)
+    hmask = i < HALF
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    q_ptr = Q + b64 * sqb + t[:, None] * sqt + h[:, None] * sqh + i[None, :]
+    qm = r_mask[:, None] & hmask[None, :]
+    q1 = tl.load(q_ptr, mask=qm, other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + HALF, mask=qm, other=0.0).to(tl.float32)
+    q1, q2 = _rotate(q1, q2, p_row, INV_FREQ, HALF, BLOCK_HALF, ROPE)
+    q1 = q1 * qk_scale
+    q2 = q2 * qk_scale
+
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    cache_base = (b64 * Hkv + hk) * C
+    for j0 in range(split * CHUNK, (split + 1) * CHUNK, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        in_range = j < n_total
+        is_old = j < n_old
+        is_new = in_range & (j >= n_old)
+        kp = tl.where(is_old, lo + j, length + (j - n_old))  # key positions
+        tn = tl.where(is_new, j - n_old, 0)
+        old_off = (cache_base + kp % C)[:, None] * D
+        om = (is_old & in_range)[:, None] & hmask[None, :]
+        nm = is_new[:, None] & hmask[None, :]
+        k_new_ptr = KN + b64 * skb + tn[:, None] * skt + hk * skh + i[None, :]
+        nk1 = tl.load(k_new_ptr, mask=nm, other=0.0).to(tl.float32)
+        nk2 = tl.load(k_new_ptr + HALF, mask=nm, other=0.0).to(tl.float32)
+        nk1, nk2 = _rotate(nk1, nk2, kp, INV_FREQ, HALF, BLOCK_HALF, ROPE)
+        k1 = tl.where(om, tl.load(KC + old_off + i[None, :], mask=om, other=0.0).to(tl.float32), nk1)
+        k2 = tl.where(om, tl.load(KC + old_off + HALF + i[None, :], mask=om, other=0.0).to(tl.float32), nk2)
+        s = tl.dot(q1, tl.trans(k1), input_precision="ieee") + tl.dot(q2, tl.trans(k2), input_precision="ieee")
+        visible = in_range[None, :] & r_mask[:, None] & (kp[None, :] <= p_row[:, None]) & \
+            (kp[None, :] > p_row[:, None] - C)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vom = (is_old & in_range)[:, None] & dmask[None, :]
+        vnm = is_new[:, None] & dmask[None, :]
+        v_old = tl.load(VC + (cache_base + kp % C)[:, None] * D + d[None, :], mask=vom, other=0.0)
+        v_new = tl.load(VN + b64 * svb + tn[:, None] * svt + hk * svh + d[None, :], mask=vnm, other=0.0)
+        v = tl.where(vom, v_old.to(tl.float32), v_new.to(tl.float32))
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    ws = (bhk * NSPLIT + split).to(tl.int64)
+    tl.store(WS_ACC + (ws * BLOCK_R + r[:, None]) * BLOCK_D + d[None, :], acc)
+    tl.store(WS_ML + (ws * 2) * BLOCK_R + r, m_i)
+    tl.store(WS_ML + (ws * 2 + 1) * BLOCK_R + r, l_i)
+
+
+@triton.jit
+def _merge(OUT, KN, VN, KC, VC, LEN, INV_FREQ, WS_ACC, WS_ML,
+           sob, sot, soh, skb, skt, skh, svb, svt, svh,
+           Hkv, C, Tn, GROUPS, NSPLIT,
+           HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+           BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, ROPE: tl.constexpr):
+    bhk = tl.program_id(0)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    b64 = b.to(tl.int64)
+    r = tl.arange(0, BLOCK_R)
+    d = tl.arange(0, BLOCK_D)
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    for s in range(0, NSPLIT):
+        ws = (bhk * NSPLIT + s).to(tl.int64)
+        m = tl.maximum(m, tl.load(WS_ML + (ws * 2) * BLOCK_R + r))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for s in range(0, NSPLIT):
+        ws = (bhk * NSPLIT + s).to(tl.int64)
+        w = tl.exp2(tl.load(WS_ML + (ws * 2) * BLOCK_R + r) - m_safe)
+        l += w * tl.load(WS_ML + (ws * 2 + 1) * BLOCK_R + r)
+        acc += w[:, None] * tl.load(WS_ACC + (ws * BLOCK_R + r[:, None]) * BLOCK_D + d[None, :])
+    t = r // GROUPS
+    h = hk * GROUPS + r % GROUPS
+    out = acc / tl.where(l == 0.0, 1.0, l)[:, None]
+    omask = (t < Tn)[:, None] & (d[None, :] < D)
+    tl.store(OUT + b64 * sob + t[:, None] * sot + h[:, None] * soh + d[None, :],
+             out.to(OUT.dtype.element_ty), mask=omask)
+
+    # Append the new tokens: rotated keys and values at slots (lengths + t) % C.
+    length = tl.load(LEN + b)
+    tt = tl.arange(0, BLOCK_T)
+    t_mask = tt < Tn
+    i = tl.arange(0, BLOCK_HALF)
+    km = t_mask[:, None] & (i[None, :] < HALF)
+    k_ptr = KN + b64 * skb + tt[:, None] * skt + hk * skh + i[None, :]
+    k1 = tl.load(k_ptr, mask=km, other=0.0).to(tl.float32)
+    k2 = tl.load(k_ptr + HALF, mask=km, other=0.0).to(tl.float32)
+    k1, k2 = _rotate(k1, k2, length + tt, INV_FREQ, HALF, BLOCK_HALF, ROPE)
+    slot = ((b64 * Hkv + hk) * C + (length + tt) % C)[:, None] * D
+    ty = KC.dtype.element_ty
+    tl.store(KC + slot + i[None, :], k1.to(ty), mask=km)
+    tl.store(KC + slot + HALF + i[None, :], k2.to(ty), mask=km)
+    vm = t_mask[:, None] & (d[None, :] < D)
+    v = tl.load(VN + b64 * svb + tt[:, None] * svt + hk * svh + d[None, :], mask=vm, other=0.0)
+    tl.store(VC + slot + d[None, :], v, mask=vm)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                                 v_cache: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, scale: float,
+                                 inv_freq: torch.Tensor, rope: bool) -> torch.Tensor:
+    """q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> out (B, Tn, H, D); appends to the cache. inv_freq (D/2,) fp32."""
+    B, Tn, H, D = q.shape
+    Hkv, C = k_cache.shape[1], k_cache.shape[2]
+    groups = H // Hkv
+    out = torch.empty_like(q)
+    half = D // 2
+    block_half = max(16, triton.next_power_of_2(half))
+    block_d = 2 * block_half if 2 * half == D else max(16, triton.next_power_of_2(D))
+    block_r = max(16, triton.next_power_of_2(Tn * groups))
+    block_n = 16 if _interpreting() else 64
+    # Splits: enough programs to fill the GPU for long caches, fixed by the capacity alone (graph-safe).
+    chunk = max(block_n, triton.cdiv(triton.cdiv(C + Tn, max(1, 256 // max(1, B * Hkv))), block_n) * block_n)
+    nsplit = triton.cdiv(C + Tn, chunk)
+    ws_acc = torch.empty(B * Hkv * nsplit * block_r * block_d, device=q.device, dtype=torch.float32)
+    ws_ml = torch.empty(B * Hkv * nsplit * 2 * block_r, device=q.device, dtype=torch.float32)
+    common = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_R=block_r, ROPE=rope)
+    _partial[(B * Hkv, nsplit)](
+        q, k, v, k_cache, v_cache, lengths, starts, inv_freq, ws_acc, ws_ml,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, scale * LOG2E, chunk, nsplit,
+        BLOCK_N=block_n, num_warps=1 if _interpreting() else 4, **common)
+    _merge[(B * Hkv,)](
+        out, k, v, k_cache, v_cache, lengths, inv_freq, ws_acc, ws_ml,
+        out.stride(0), out.stride(1), out.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, nsplit,
+        BLOCK_T=max(16, triton.next_power_of_2(Tn)), num_warps=1 if _interpreting() else 4, **common)
+    advance_counters_triton(lengths, starts, Tn, C)
+    return out
