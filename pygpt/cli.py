@@ -13,8 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model (presets lite/heavy, --set key=value overrides)"),
     "eval": ("evaluate", "full-val loss and top-5 accuracy of a checkpoint"),
     "generate": ("generate", "sample text from a checkpoint (default: the bundled model)"),
+    "gmm": ("gmm", "fit Gaussian mixtures with EM (k-means init, 4 covariance types, BIC/AIC), plot them"),
     "bench": ("bench", "time generation (ms/token) with and without the KV cache"),
     "info": ("info", "versions, compiled extension, GPU and the backend each op uses"),
+    "viz": ("viz", "figures: training diagnostics (activations, gradients, update ratios) and loss curves"),
 }
 
 
