@@ -57,11 +57,17 @@ class Trainer:
 
     Callbacks: ``trainer.add_callback(event, fn)`` with event in EVENTS; ``fn(trainer, **info)``. A callback
     may set ``trainer.should_stop = True``.
+
+    Datasets that are not one stream of ids (a word list, a task) inject their own samplers, objects with
+    ``get_batch() -> (x, y)`` and ``state_dict()`` / ``load_state_dict()``: ``train_sampler`` replaces the
+    random windows of train_ids, ``val_sampler`` those of val_ids (rewound before every estimate, so each eval
+    sees the same batches), and ``evaluator(model) -> EvalResult`` replaces full_val for the final score.
     """
 
     def __init__(self, model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, tokenizer: CharTokenizer,
                  cfg: TrainConfig, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss,
-                 run_config: dict | None = None):
+                 run_config: dict | None = None, train_sampler=None, val_sampler=None,
+                 evaluator: Callable[[nn.Module], EvalResult] | None = None):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.loss_fn = loss_fn
@@ -81,8 +87,13 @@ class Trainer:
 
         self.model = model.to(self.device)
         self.block_size = model.config.block_size
-        self.train_sampler = BatchSampler(train_ids, self.block_size, cfg.batch_size, cfg.seed + self.rank, self.device)
+        if train_sampler is None:
+            train_sampler = BatchSampler(train_ids, self.block_size, cfg.batch_size, cfg.seed + self.rank, self.device)
+        self.train_sampler = train_sampler
         self.val_ids = val_ids
+        self.val_sampler = val_sampler
+        self._val_sampler_start = val_sampler.state_dict() if val_sampler is not None else None
+        self.evaluator = evaluator
         self.optimizer = configure_optimizer(self.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                              self.device.type)
         self.train_model: nn.Module = self.model
@@ -98,6 +109,7 @@ class Trainer:
         self.evals_since_best = 0
         self.seconds_to_best = 0.0
         self.last_eval_step = -1
+        self._start_time: float | None = None
         self.history: list[dict] = []
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -133,13 +145,22 @@ class Trainer:
         return contextlib.nullcontext()
 
     def lr_at(self, step: int) -> float:
-        decay = self.cfg.lr_decay_iters or self.cfg.max_iters
-        return cosine_lr(step, self.cfg.lr, self.cfg.min_lr, self.cfg.warmup_iters, decay)
+        cfg = self.cfg
+        if cfg.schedule_by_time and cfg.time_limit and step >= cfg.warmup_iters:
+            # Cosine over the time budget instead of the steps: the schedule ends when the time does, on any machine.
+            elapsed = time.perf_counter() - self._start_time if self._start_time is not None else 0.0
+            return cosine_lr(1 + int(1e6 * min(1.0, elapsed / cfg.time_limit)), cfg.lr, cfg.min_lr, 1, 1 + int(1e6))
+        decay = cfg.lr_decay_iters or cfg.max_iters
+        return cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, decay)
 
     @torch.no_grad()
     def estimate_val_loss(self) -> float:
         """Mean loss over eval_iters random val batches, drawn with a fixed seed (the same batches every eval)."""
-        sampler = BatchSampler(self.val_ids, self.block_size, self.cfg.batch_size, seed=0, device=self.device)
+        if self.val_sampler is not None:
+            self.val_sampler.load_state_dict(self._val_sampler_start)
+            sampler = self.val_sampler
+        else:
+            sampler = BatchSampler(self.val_ids, self.block_size, self.cfg.batch_size, seed=0, device=self.device)
         self.model.eval()
         losses = []
         for _ in range(self.cfg.eval_iters):
@@ -214,6 +235,7 @@ class Trainer:
 
             progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         start_time = time.perf_counter() - self.seconds_to_best if self.step else time.perf_counter()
+        self._start_time = start_time
         stop_step = cfg.max_iters if stop_after is None else min(cfg.max_iters, self.step + stop_after)
         stopped_because = "max_iters"
         self.train_model.train()
@@ -227,6 +249,8 @@ class Trainer:
                     cfg.time_limit and time.perf_counter() - start_time > cfg.time_limit)):
                 if stopped_because == "max_iters":
                     stopped_because = "callback" if self.should_stop else "time_limit"
+                    if self.step != self.last_eval_step:  # score the final weights too
+                        self._evaluate(writer, start_time)
                 break
             loss = self._train_step()
             self.step += 1
@@ -295,7 +319,10 @@ class Trainer:
         best_dir = Path(self.cfg.out_dir) / "best"
         ckpt = load_checkpoint(best_dir, device=self.device)
         with self._autocast():
-            result = full_val(ckpt.model, self.val_ids, self.block_size)
+            if self.evaluator is not None:
+                result = self.evaluator(ckpt.model)
+            else:
+                result = full_val(ckpt.model, self.val_ids, self.block_size)
         metadata = dict(ckpt.metadata, full_val_loss=result.loss, full_val_top5=result.top5,
                         seconds_to_best=self.seconds_to_best)
         save_checkpoint(best_dir, ckpt.model, ckpt.tokenizer, train=ckpt.config.get("train"), metadata=metadata)
