@@ -75,3 +75,16 @@ def test_trainer_state_loads_without_pickled_code(tmp_path):
     save_checkpoint(tmp_path / "ck", _model(), CharTokenizer("abcde"), trainer_state={"x": Evil()})
     with pytest.raises(Exception, match="Weights only load failed|Unsupported"):
         load_trainer_state(tmp_path / "ck")
+
+
+def test_bundled_model_meets_the_lite_target(shakespeare):
+    """The model that ships in the package scores full-val <= 1.71 and top-5 >= 81.6% (EVAL.md) - recomputed."""
+    from pygpt.data import load_corpus
+    from pygpt.train import full_val
+
+    assert (bundled_checkpoint() / "config.json").is_file(), f"the bundled model is missing at {bundled_checkpoint()}"
+    ckpt = load_checkpoint()
+    corpus = load_corpus(str(shakespeare), tokenizer=ckpt.tokenizer)
+    result = full_val(ckpt.model, corpus.val_ids, ckpt.model.config.block_size)
+    assert result.loss <= 1.71 and result.top5 >= 0.816, str(result)
+    assert abs(result.loss - ckpt.metadata["full_val_loss"]) < 1e-4

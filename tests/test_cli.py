@@ -70,3 +70,8 @@ def test_console_script_and_info():
     assert exe, "the pygpt console script is not installed"
     out = subprocess.run([exe, "info"], capture_output=True, text=True, check=True).stdout
     assert "pygpt._C   loaded" in out and "backend    cpu: cpp" in out
+
+
+def test_bundled_model_generates(capsys):
+    assert main(["generate", "--length", "40", "--seed", "0"]) == 0
+    assert len(capsys.readouterr().out) == 41
