@@ -16,7 +16,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gmm": ("gmm", "fit Gaussian mixtures with EM (k-means init, 4 covariance types, BIC/AIC), plot them"),
     "bench": ("bench", "time generation (ms/token) with and without the KV cache"),
     "info": ("info", "versions, compiled extension, GPU and the backend each op uses"),
-    "viz": ("viz", "figures: training diagnostics (activations, gradients, update ratios) and loss curves"),
 }
 
 
