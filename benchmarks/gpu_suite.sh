@@ -29,3 +29,14 @@ for bench in bench_rotary bench_rope_attention bench_sample; do
 done
 echo "== generate" | tee -a "$out/suite.log"
 $py -m pygpt.cli bench generate 2>&1 | tee -a "$out/suite.log"
+
+# HEAVY=1: train the heavy preset with the fused kernels and with the Torch reference path (same seed), for the
+# full-val / time-to-best comparison of the attention issue. About 2 x 3-5 minutes on an H100.
+if [ "${HEAVY:-0}" = 1 ]; then
+  data=${PYGPT_DATA:-$repo/../shared/data/tinyshakespeare.txt}
+  for backend in auto reference; do
+    echo "== heavy, PYGPT_BACKEND=$backend" | tee -a "$out/suite.log"
+    PYGPT_BACKEND=$backend $py -m pygpt.cli train --config heavy --data "$data" --out "$out/heavy-$backend" \
+      --no-progress --set log_dir="$out/logs" 2>&1 | tail -4 | tee -a "$out/suite.log"
+  done
+fi
