@@ -32,10 +32,11 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.use_cache = use_cache
+        # Only the GPT has a KV cache; the classic models (bigrams, MLP) recompute their short context each step.
+        self.use_cache = use_cache and getattr(model, "model_type", None) == "gpt"
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.block_size = model.config.block_size
-        self.sliding = model.config.pos == "rope"
+        self.sliding = getattr(model.config, "pos", None) == "rope"
         self._warned_recompute = False
 
     def _autocast(self):
