@@ -15,7 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "sample text from a checkpoint (default: the bundled model)"),
     "gmm": ("gmm", "fit Gaussian mixtures with EM (k-means init, 4 covariance types, BIC/AIC), plot them"),
     "bench": ("bench", "time generation (ms/token) with and without the KV cache"),
+    "sort": ("sort", "minGPT's sorting task: train a GPT to sort digits, count held-out sequences sorted"),
     "info": ("info", "versions, compiled extension, GPU and the backend each op uses"),
+    "tune": ("tune", "hyper-parameter search with Optuna (TPE, pruning, SQLite-resumable); writes the best config"),
+    "viz": ("viz", "figures: training diagnostics (activations, gradients, update ratios) and loss curves"),
 }
 
 

@@ -1,0 +1,173 @@
+"""`pygpt tune`: Optuna studies over tiny models on a tiny text (seconds each)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pygpt.data import load_corpus
+from pygpt.models import GPTConfig
+from pygpt.train import RunConfig, TrainConfig, load_config
+from pygpt.tune import DEFAULT_SPACE, INSTALL_HINT, load_space, parse_space
+
+
+def _base(tiny_text, **train) -> RunConfig:
+    settings = dict(data=str(tiny_text), batch_size=8, max_iters=40, eval_iters=2, warmup_iters=0, lr=3e-3,
+                    min_lr=3e-4, threads=1, seed=1)
+    settings.update(train)
+    return RunConfig(model=GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16), train=TrainConfig(**settings))
+
+
+def _tune(tiny_text, tmp_path, space, **kwargs):
+    from pygpt.tune import tune
+
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    lines = []
+    kwargs.setdefault("trial_time", 0)  # steps only (max_iters): deterministic trials
+    kwargs.setdefault("reports", 4)
+    kwargs.setdefault("seed", 0)
+    base = kwargs.pop("base", None) or _base(tiny_text)
+    result = tune(base, space, out_dir=tmp_path / "out", corpus=load_corpus(str(tiny_text)), log=lines.append,
+                  **kwargs)
+    return result, lines
+
+
+def _states(study):
+    return [(t.number, t.state.name) for t in study.get_trials(deepcopy=False)]
+
+
+def test_tiny_study_from_the_command_line_writes_a_loadable_best_config(tiny_text, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from pygpt.cli import main
+
+    space = tmp_path / "space.toml"
+    space.write_text('inherit = false\nn_embd = [16, 32]\n[lr]\nlow = 1e-3\nhigh = 1e-2\nlog = true\n')
+    out = tmp_path / "out"
+    sets = ["threads=1", "eval_iters=2", "batch_size=8", "block_size=16", "n_layer=1", "n_head=2", "n_embd=16",
+            "warmup_iters=0"]
+    argv = ["tune", "--config", "lite", "--data", str(tiny_text), "--space", str(space), "--trials", "3",
+            "--trial-time", "1", "--out", str(out), "--seed", "0", "--reports", "4"]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "study 'tune-lite': 3 trials" in printed and "full-val" in printed and "pygpt train --config" in printed
+
+    import optuna
+
+    study = optuna.load_study(study_name="tune-lite", storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert done  # nothing can be pruned before 3 trials have finished
+    for t in done:  # every trial trained for the same time budget, scored by its full-val loss
+        cfg = t.user_attrs["config"]["train"]
+        assert cfg["time_limit"] == 1.0 and cfg["schedule_by_time"] is True
+        assert t.user_attrs["stopped_because"] == "time_limit"
+        assert t.user_attrs["full_val_loss"] == t.value
+    best = min(done, key=lambda t: t.value)
+
+    path = out / "best_config.json"
+    cfg = load_config(str(path))
+    assert cfg.to_dict() == json.loads(path.read_text())
+    assert cfg.train.lr == pytest.approx(best.params["lr"]) and cfg.model.n_embd == best.params["n_embd"]
+    assert cfg.train.min_lr == pytest.approx(best.params["lr"] / 10)  # lite's min_lr/lr ratio
+    assert cfg.train.time_limit == 1140.0  # the base's budget, not the trial's
+    assert cfg.train.data == str(tiny_text.resolve())
+    assert (out / "trials" / f"{best.number:04d}" / "best").is_dir()  # the best trial's checkpoint is kept
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{best.number:04d}"]
+
+
+def test_pruning_stops_a_bad_trial_early(tiny_text, tmp_path):
+    space = {"inherit": False, "lr": [1e-2, 1e-7]}
+    result, lines = _tune(tiny_text, tmp_path, space, trials=3, prune_after=2, reports=4,
+                          base=_base(tiny_text, max_iters=48), enqueue=[{"lr": 1e-2}, {"lr": 1e-2}, {"lr": 1e-7}])
+    good1, good2, bad = result.study.get_trials(deepcopy=False)
+    assert (good1.state.name, good2.state.name, bad.state.name) == ("COMPLETE", "COMPLETE", "PRUNED")
+    assert good1.user_attrs["steps"] == 48
+    assert bad.user_attrs["steps"] < 48 and bad.user_attrs["stopped_because"] == "callback"
+    assert bad.user_attrs["pruned_at"]["step"] == bad.user_attrs["steps"]
+    assert max(bad.intermediate_values) < max(good1.intermediate_values)
+    assert "full_val_loss" not in bad.user_attrs  # a pruned trial isn't scored
+    assert any(line.startswith("trial 2: pruned at") for line in lines)
+
+
+def test_resumed_study_continues_its_trial_count(tiny_text, tmp_path):
+    space = {"inherit": False, "lr": {"low": 1e-3, "high": 1e-2, "log": True}}
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    kwargs = dict(trials=2, storage=storage, study_name="again", base=_base(tiny_text, max_iters=8), pruner="none")
+    first, _ = _tune(tiny_text, tmp_path / "a", space, **kwargs)
+    assert [t.number for t in first.trials] == [0, 1]
+    second, lines = _tune(tiny_text, tmp_path / "b", space, **kwargs)
+    assert any("resuming study 'again'" in line and "2 trials so far" in line for line in lines)
+    assert [t.number for t in second.trials] == [2, 3]
+    assert _states(second.study) == [(n, "COMPLETE") for n in range(4)]
+    assert "4 trials (4 complete" in second.table
+
+
+def test_failed_trials_and_invalid_draws_do_not_stop_the_study(tiny_text, tmp_path):
+    space = {"inherit": False, "block_size": [16, 4096], "lr": [1e-2, 1e30], "n_embd": [16, 30, 36],
+             "n_head": [2, 4]}
+    enqueue = [dict(block_size=4096, lr=1e-2, n_embd=16, n_head=2),   # longer than the val split: raises
+               dict(block_size=16, lr=1e30, n_embd=16, n_head=2),     # loss turns NaN
+               dict(block_size=16, lr=1e-2, n_embd=30, n_head=4),     # n_embd not a multiple of n_head
+               dict(block_size=16, lr=1e-2, n_embd=36, n_head=4),     # odd head_dim
+               dict(block_size=16, lr=1e-2, n_embd=16, n_head=2)]
+    result, lines = _tune(tiny_text, tmp_path, space, trials=3, base=_base(tiny_text, max_iters=8),
+                          enqueue=enqueue)
+    assert _states(result.study) == [(0, "FAIL"), (1, "FAIL"), (2, "PRUNED"), (3, "PRUNED"), (4, "COMPLETE")]
+    t = result.study.get_trials(deepcopy=False)
+    assert "block_size + 1 = 4097" in t[0].user_attrs["fail_reason"]
+    assert t[1].user_attrs["fail_reason"].startswith("FloatingPointError: non-finite")
+    assert "multiple of n_head" in t[2].user_attrs["invalid"] and "even head_dim" in t[3].user_attrs["invalid"]
+    assert not t[2].intermediate_values and "steps" not in t[2].user_attrs  # never trained
+    assert "2 failed, 2 invalid draws" in result.table and result.best_config.model.n_embd == 16
+    assert lines[-1].startswith("trial 4: full-val")
+
+
+def test_missing_optuna_says_how_to_install_it(monkeypatch):
+    from pygpt.cli import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", "--trials", "1"])
+    assert INSTALL_HINT in str(exc.value.code)
+
+
+def test_cli_help_does_not_import_optuna_and_exits_nonzero_without_it():
+    code = ("import sys; import pygpt, pygpt.cli as cli; cli.build_parser(); "
+            "assert 'optuna' not in sys.modules, 'optuna imported'; "
+            "sys.modules['optuna'] = None; sys.exit(cli.main(['tune', '--trials', '1']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'pygpt[tune]'" in proc.stderr
+
+
+def test_space_files_json_and_toml(tmp_path):
+    default = parse_space(None)
+    assert set(default) == set(DEFAULT_SPACE)
+    assert default["lr"].kind == "float" and default["lr"].log
+    assert default["n_layer"].kind == "int" and default["warmup_iters"].step == 50
+    assert default["n_head"].kind == "categorical"
+
+    (tmp_path / "s.json").write_text(json.dumps({"exclude": ["dropout"], "model.n_layer": [3, 4], "n_kv_head": 1,
+                                                 "train.lr": {"low": 1e-3, "high": 5e-3, "log": True},
+                                                 "beta2": {"low": 0.95, "high": 0.999}}))
+    (tmp_path / "s.toml").write_text('exclude = ["dropout"]\nn_layer = [3, 4]\nn_kv_head = 1\n'
+                                     '[lr]\nlow = 1e-3\nhigh = 5e-3\nlog = true\n[beta2]\nlow = 0.95\nhigh = 0.999\n')
+    from_json, from_toml = parse_space(load_space(tmp_path / "s.json")), parse_space(load_space(tmp_path / "s.toml"))
+    assert from_json == from_toml
+    assert "dropout" not in from_json and from_json["n_layer"].choices == (3, 4)
+    assert from_json["n_kv_head"].kind == "fixed" and from_json["beta2"].kind == "float"
+    assert parse_space({"inherit": False, "lr": [1e-3]}).keys() == {"lr"}
+
+    for bad, message in [({"n_layers": [2]}, "not a setting"), ({"lr": {"low": 1}}, "both 'low' and 'high'"),
+                         ({"n_layer": {"low": 1.5, "high": 3}}, "whole low and high"),
+                         ({"lr": {"low": 0, "high": 1, "log": True}}, "low > 0"),
+                         ({"data": ["x"]}, "set by pygpt tune"), ({"pos": {"low": 0, "high": 1}}, "choices"),
+                         ({"lr": {"choices": []}}, "non-empty"), ({"exclude": "lr"}, "list of setting names")]:
+        with pytest.raises(ValueError, match=message):
+            parse_space(bad)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_space(tmp_path / "broken.json")
