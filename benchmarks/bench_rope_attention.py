@@ -7,12 +7,10 @@ fused kernel, forward and forward + backward, in the same run.
 q, k, v are views of one fused projection (B, T, (H + 2 Hkv) D), as the GPT model makes them.
 """
 
-import argparse
-
 import torch
 
 import pygpt.ops as ops
-from pygpt.benchmark import Comparison, print_comparisons, time_ms
+from pygpt.benchmark import Comparison, apply_benchmark_args, benchmark_parser, print_comparisons, time_ms
 from pygpt.ops.attention import rope_attention_reference
 from pygpt.testing import assert_close
 
@@ -30,16 +28,8 @@ def make_inputs(B, T, H, Hkv, D, device, dtype, requires_grad=False):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32|float16|bfloat16 (default bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    kernel = ops.backend_for(device)
+    args = benchmark_parser(__doc__).parse_args()
+    device, dtype, kernel = apply_benchmark_args(args)
 
     fwd_rows, bwd_rows = [], []
     for B, T, H, Hkv, D in GPU_SHAPES if device.type == "cuda" else CPU_SHAPES:

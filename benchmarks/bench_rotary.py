@@ -7,12 +7,10 @@
 The op is memory bound: GB/s counts x read + out written (positions are negligible).
 """
 
-import argparse
-
 import torch
 
 import pygpt.ops as ops
-from pygpt.benchmark import Comparison, print_comparisons, time_ms
+from pygpt.benchmark import Comparison, apply_benchmark_args, benchmark_parser, print_comparisons, time_ms
 from pygpt.ops.rotary import rotary_reference
 from pygpt.testing import assert_close
 
@@ -21,18 +19,8 @@ CPU_SHAPES = [(32, 128, 4, 32), (64, 256, 6, 64), (1, 1, 4, 32), (8, 1024, 8, 80
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32|float16|bfloat16 (default bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    parser.add_argument("--cuda-backend", default="triton", choices=["triton", "cuda"])
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    ops.set_backend(cuda_backend=args.cuda_backend)
-    kernel = ops.backend_for(device)
+    args = benchmark_parser(__doc__).parse_args()
+    device, dtype, kernel = apply_benchmark_args(args)
 
     rows = []
     for B, T, H, D in GPU_SHAPES if device.type == "cuda" else CPU_SHAPES:

@@ -11,12 +11,10 @@ GB/s counts the logits read once. Cases: top-k 50 with top-p 0.9, and top-p 0.9 
 nucleus is found over the whole vocabulary).
 """
 
-import argparse
-
 import torch
 
 import pygpt.ops as ops
-from pygpt.benchmark import Comparison, print_comparisons, time_ms
+from pygpt.benchmark import Comparison, apply_benchmark_args, benchmark_parser, print_comparisons, time_ms
 from pygpt.ops.sampling import sample_reference
 
 SHAPES = [(1, 65), (64, 65), (1, 32000), (64, 32000), (1, 128256), (64, 128256)]
@@ -25,16 +23,8 @@ TEMPERATURE = 0.8
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    parser.add_argument("--cuda-backend", default="triton", choices=["triton", "cuda"])
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    ops.set_backend(cuda_backend=args.cuda_backend)
-    kernel = ops.backend_for(device)
+    args = benchmark_parser(__doc__, with_dtype=False).parse_args()
+    device, _, kernel = apply_benchmark_args(args)
 
     rows = []
     generator = torch.Generator(device=device).manual_seed(0)

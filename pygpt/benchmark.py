@@ -66,3 +66,30 @@ def print_comparisons(title: str, device: torch.device | str, rows: list[Compari
     print(f"{'case':<34} {'torch ms':>11} {kernel_label + ' ms':>11} {'speedup':>9} {'GB/s':>9}")
     for r in rows:
         print(r.row())
+
+
+def benchmark_parser(doc: str | None, with_dtype: bool = True):
+    """The options every benchmark script takes: --device, --threads, --cuda-backend (and --dtype)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    if with_dtype:
+        parser.add_argument("--dtype", default=None, help="float32|float16|bfloat16 (default bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    parser.add_argument("--cuda-backend", default="triton", choices=["triton", "cuda"])
+    return parser
+
+
+def apply_benchmark_args(args) -> tuple[torch.device, torch.dtype | None, str]:
+    """Set threads and the CUDA backend from parsed benchmark options; return (device, dtype, kernel backend)."""
+    import pygpt.ops as ops
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = None
+    if hasattr(args, "dtype"):
+        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    ops.set_backend(cuda_backend=args.cuda_backend)
+    return device, dtype, ops.backend_for(device)
