@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <utility>
+
 namespace pygpt {
 
 inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim) {
@@ -38,6 +40,38 @@ inline void check_rotary_args(const at::Tensor& x, const at::Tensor& positions) 
   const bool shared = positions.dim() == 1 && positions.size(0) == x.size(1);
   TORCH_CHECK(per_batch || shared, "pygpt.rotary: positions must have shape (B, T) = (", x.size(0), ", ",
               x.size(1), ") or (T,) = (", x.size(1), ",), got ", positions.sizes());
+}
+
+// sample: logits (B, V) float, per-row parameter tensors (B,) (top_k int32, the rest float32), rng_state int64 (2,).
+// Shapes, dtypes and devices only: the values are checked per row by the kernels.
+inline void check_sample_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
+                       const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& min_p,
+                       const at::Tensor& rng_state) {
+  TORCH_CHECK(logits.dim() == 2, "pygpt.", op, ": logits must have 2 dimensions (B, V), got shape ",
+              logits.sizes());
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, "pygpt.", op,
+              ": logits must be float32, float16, bfloat16 or float64, got ", dt);
+  TORCH_CHECK(logits.size(1) > 0, "pygpt.", op, ": logits has an empty vocabulary dimension, shape ",
+              logits.sizes());
+  TORCH_CHECK(logits.stride(1) == 1 || logits.size(1) == 1, "pygpt.", op,
+              ": logits' last dimension must be contiguous (stride 1), got strides ", logits.strides());
+  const int64_t B = logits.size(0);
+  const std::pair<const char*, const at::Tensor*> rows[] = {
+      {"temperature", &temperature}, {"top_k", &top_k}, {"top_p", &top_p}, {"min_p", &min_p}};
+  for (const auto& [name, t] : rows) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "pygpt.", op, ": ", name, " must have shape (", B,
+                ",), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == (t == &top_k ? at::kInt : at::kFloat), "pygpt.", op, ": ", name,
+                " must be ", (t == &top_k ? "int32" : "float32"), ", got ", t->scalar_type());
+    TORCH_CHECK(t->is_contiguous(), "pygpt.", op, ": ", name, " must be contiguous");
+    check_same_device(op, "logits", logits, name, *t);
+  }
+  TORCH_CHECK(rng_state.dim() == 1 && rng_state.size(0) == 2 && rng_state.scalar_type() == at::kLong &&
+                  rng_state.is_contiguous(),
+              "pygpt.", op, ": rng_state must be a contiguous int64 tensor of shape (2,) [seed, offset], got ",
+              rng_state.scalar_type(), " of shape ", rng_state.sizes());
+  check_same_device(op, "logits", logits, "rng_state", rng_state);
 }
 
 }  // namespace pygpt
