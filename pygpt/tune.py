@@ -275,6 +275,23 @@ def apply_settings(base: RunConfig, settings: dict[str, Any], **train_extra) -> 
     return RunConfig(model=GPTConfig.from_dict(model), train=TrainConfig(**train), model_type=base.model_type)
 
 
+def base_settings(space: dict[str, Param], base: RunConfig) -> dict[str, Any]:
+    """The base config's own values of the searched settings, for enqueueing it as a trial (so the study
+    compares its finds with the config it started from, under the same trial budget). A value outside its
+    range or choices is left out (the sampler draws that one)."""
+    values = {**base.model.to_dict(), **base.train.to_dict()}
+    settings = {}
+    for name, param in space.items():
+        value = values[name]
+        if param.kind == "categorical" and value not in param.choices:
+            continue
+        if param.kind in ("int", "float") and not param.low <= value <= param.high:
+            continue
+        if param.kind != "fixed":
+            settings[name] = value
+    return settings
+
+
 def sample_settings(trial, space: dict[str, Param], base: RunConfig) -> dict[str, Any]:
     settings = {name: param.suggest(trial) for name, param in space.items()}
     if "lr" in settings and "min_lr" not in settings and base.train.lr > 0:

@@ -171,3 +171,34 @@ def test_space_files_json_and_toml(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_space(tmp_path / "broken.json")
+
+
+def test_base_settings_take_the_base_values_inside_the_space(tiny_text):
+    from pygpt.tune import base_settings
+
+    space = parse_space({"inherit": False, "lr": {"low": 1e-3, "high": 1e-2, "log": True}, "n_embd": [16, 32],
+                         "n_layer": {"low": 2, "high": 4}, "dropout": 0.1})
+    base = _base(tiny_text)  # lr 3e-3, n_embd 16, n_layer 1 (outside 2..4)
+    assert base_settings(space, base) == {"lr": 3e-3, "n_embd": 16}  # n_layer left to the sampler; dropout fixed
+
+
+def test_enqueue_base_runs_the_base_config_as_the_first_trial(tiny_text, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from pygpt.cli import main
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"inherit": False, "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                                 "n_embd": [16, 32, 48]}))
+    argv = ["tune", "--config", "lite", "--data", str(tiny_text), "--space", str(space), "--trials", "2",
+            "--trial-time", "0", "--out", str(tmp_path / "out"), "--seed", "3", "--enqueue-base", "--pruner", "none"]
+    for item in ["threads=1", "eval_iters=2", "batch_size=8", "block_size=16", "n_layer=1", "n_head=2",
+                 "n_embd=32", "warmup_iters=0", "max_iters=6", "lr=0.002"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    import optuna
+
+    study = optuna.load_study(study_name="tune-lite", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    first, second = study.trials
+    assert first.params == {"lr": 0.002, "n_embd": 32}
+    assert second.params != first.params  # then the sampler takes over
+    assert "trial 0: full-val" in capsys.readouterr().out

@@ -5,8 +5,9 @@
 // views of one fused projection). H is a multiple of Hkv: query head h reads key/value head h / (H / Hkv).
 //
 // Work split: forward tasks are (b, kv head, block of 64 query rows); the rows of all query heads sharing the
-// kv head are stacked into one (groups * 64) x D tile, so each key tile is rotated once and used by the whole
-// group. Keys stream in tiles of 256 with an online softmax. Backward tasks are (b, kv head): each owns dK/dV
+// kv head are stacked into one (groups * 64) x D tile, so each key serves the whole group; a thread keeps the
+// rotated keys of its current (b, kv head), so each key is rotated once per thread, not once per query block.
+// Keys stream in tiles of 256 with an online softmax. Backward tasks are (b, kv head): each owns dK/dV
 // of its kv head and dQ of its query heads, so no two threads write the same memory. The block products are
 // GEMMs (csrc/cpu/gemm.h: torch's BLAS); rotation, masking and softmax are loops the compiler vectorises,
 // compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time (target_clones).
@@ -36,53 +37,52 @@ using namespace cpu;
 constexpr int64_t kQueryBlock = 64;  // query rows per task (per head)
 constexpr int64_t kKeyTile = 256;    // keys per step of the online softmax
 
-// ---- softmax pieces (multiversioned) ---------------------------------------------------------------------
+// ---- softmax pieces -------------------------------------------------------------------------------------
+// Float reductions only vectorise when the compiler may reorder them: `omp simd reduction` says it may.
+
+// Score rows are padded to a multiple of kLanes (their row stride) and the loops below run over the padded
+// width n, masking with a select: no scalar remainder loop, whose exp would cost more than the vector body.
+// Entries past the valid ones may hold anything (even NaN): they are computed on but never selected. The
+// loops vectorise because the kernels are compiled with -fno-trapping-math (CMakeLists.txt: otherwise GCC
+// keeps exp's floor and selects scalar), and `omp simd reduction` lets the compiler reorder the float sums.
+constexpr int64_t kLanes = 16;
+inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 // Online-softmax update of one score row s[0..n) with `valid` unmasked entries: s becomes p = exp(s - m_new)
-// (0 where masked); returns the factor exp(m_old - m_new) that rescales the running sum l and output row.
+// (0 where masked); returns the factor exp(m_old - m_new) that rescales the running sum l and the output row.
 template <typename acc_t>
 PYGPT_INLINE acc_t softmax_update(acc_t* __restrict__ s, int64_t n, int64_t valid, acc_t& m, acc_t& l) {
-  acc_t tile_max = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t j = 0; j < valid; ++j) tile_max = std::max(tile_max, s[j]);
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  acc_t tile_max = kNegInf;
+#pragma omp simd reduction(max : tile_max)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t x = s[j];
+    tile_max = std::max(tile_max, j < valid ? x : kNegInf);
+  }
   const acc_t m_new = std::max(m, tile_max);
-  const acc_t rescale = m == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : exp_vec(m - m_new);
+  const acc_t rescale = m == kNegInf ? acc_t(0) : exp_vec(m - m_new);
   acc_t sum = 0;
-  for (int64_t j = 0; j < valid; ++j) {
-    s[j] = exp_vec(s[j] - m_new);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t p = exp_vec(s[j] - m_new);
+    s[j] = j < valid ? p : acc_t(0);
     sum += s[j];
   }
-  std::fill(s + valid, s + n, acc_t(0));
   m = m_new;
   l = l * rescale + sum;
   return rescale;
 }
 
-// Backward: p = exp(s - lse) on the valid entries (0 elsewhere), then ds = p * (dp - delta).
+// Backward: p = exp(s - lse) on the valid entries (0 elsewhere), then ds = p * (dp - delta); n as above.
 template <typename acc_t>
 PYGPT_INLINE void softmax_grad(acc_t* __restrict__ s, acc_t* __restrict__ dp, int64_t n, int64_t valid, acc_t lse,
                                acc_t delta) {
-  for (int64_t j = 0; j < valid; ++j) s[j] = exp_vec(s[j] - lse);
-  std::fill(s + valid, s + n, acc_t(0));
-  for (int64_t j = 0; j < n; ++j) dp[j] = s[j] * (dp[j] - delta);
-}
-
-PYGPT_MULTIVERSION float softmax_update_f32(float* s, int64_t n, int64_t valid, float& m, float& l) {
-  return softmax_update<float>(s, n, valid, m, l);
-}
-PYGPT_MULTIVERSION void softmax_grad_f32(float* s, float* dp, int64_t n, int64_t valid, float lse, float delta) {
-  softmax_grad<float>(s, dp, n, valid, lse, delta);
-}
-inline float softmax_update_any(float* s, int64_t n, int64_t valid, float& m, float& l) {
-  return softmax_update_f32(s, n, valid, m, l);
-}
-inline double softmax_update_any(double* s, int64_t n, int64_t valid, double& m, double& l) {
-  return softmax_update<double>(s, n, valid, m, l);
-}
-inline void softmax_grad_any(float* s, float* dp, int64_t n, int64_t valid, float lse, float delta) {
-  softmax_grad_f32(s, dp, n, valid, lse, delta);
-}
-inline void softmax_grad_any(double* s, double* dp, int64_t n, int64_t valid, double lse, double delta) {
-  softmax_grad<double>(s, dp, n, valid, lse, delta);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t p = exp_vec(s[j] - lse);
+    s[j] = j < valid ? p : acc_t(0);
+    dp[j] = s[j] * (dp[j] - delta);
+  }
 }
 
 // ---- argument checks ----------------------------------------------------------------------------------------
@@ -117,7 +117,107 @@ void check_attention_args(const char* op, const at::Tensor& q, const at::Tensor&
   }
 }
 
+// ---- loading keys and values ---------------------------------------------------------------------------------
+
+// Rotated keys and converted values of rows [from, to) of (b, kv head hk), into K and V (row j at j * D). The
+// rows are strided in memory (views of one fused projection) and are read once, so the loads are latency
+// bound: the rows kPrefetchRows ahead are prefetched.
+constexpr int64_t kPrefetchRows = 4;
+
+template <typename scalar_t, typename acc_t>
+PYGPT_INLINE void load_keys_values(const Rows<scalar_t>& Kin, const Rows<scalar_t>& Vin, int64_t b, int64_t hk,
+                                   const RopeTable<acc_t>& rope, int64_t from, int64_t to, int64_t D, acc_t* K,
+                                   acc_t* V) {
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t j = from; j < to; ++j) {
+    if (j + kPrefetchRows < to)
+      for (int64_t offset = 0; offset < row_bytes; offset += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(Kin.row(b, j + kPrefetchRows, hk)) + offset);
+        __builtin_prefetch(reinterpret_cast<const char*>(Vin.row(b, j + kPrefetchRows, hk)) + offset);
+      }
+    load_rotated(Kin.row(b, j, hk), D, rope, j, acc_t(1), K + j * D);
+    const scalar_t* vj = Vin.row(b, j, hk);
+    for (int64_t d = 0; d < D; ++d) V[j * D + d] = static_cast<acc_t>(vj[d]);
+  }
+}
+
 // ---- forward ------------------------------------------------------------------------------------------------
+
+// One call's operands and shape, shared by all of its tasks.
+template <typename scalar_t>
+struct ForwardArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  Rows<scalar_t> Q, K, V, O;
+  acc_t* lse;  // (B, H, T)
+  const RopeTables<acc_t>* tables;
+  int64_t T, H, Hkv, D, groups, n_qblocks;
+  acc_t scale;
+  bool causal;
+};
+
+// Per-thread buffers of the forward tasks.
+// Per-thread buffers of the forward tasks. K and V hold the rotated keys and the values of one (b, kv head),
+// rows [0, rows): a thread runs consecutive tasks, which mostly share (b, kv head), so each key is rotated
+// and converted once per thread rather than once per query block.
+template <typename acc_t>
+struct ForwardScratch {
+  std::vector<acc_t> Qt, Ot, S, K, V, m, l;
+  int64_t b = -1, hk = -1, rows = 0;
+  ForwardScratch(int64_t T, int64_t groups, int64_t D)
+      : Qt(groups * kQueryBlock * D), Ot(groups * kQueryBlock * D), S(groups * kQueryBlock * kKeyTile),
+        K(T * D), V(T * D), m(groups * kQueryBlock), l(groups * kQueryBlock) {}
+};
+
+// One task: (b, kv head hk, block qb of query rows) for every query head of the group.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+PYGPT_INLINE void forward_task(const ForwardArgs<scalar_t>& a, int64_t task, ForwardScratch<acc_t>& w) {
+  const int64_t T = a.T, D = a.D, groups = a.groups;
+  const int64_t qb = task % a.n_qblocks, hk = (task / a.n_qblocks) % a.Hkv, b = task / (a.n_qblocks * a.Hkv);
+  const RopeTable<acc_t>& rope = (*a.tables)[b];
+  const int64_t i0 = qb * kQueryBlock, nr = std::min(T, i0 + kQueryBlock) - i0, M = groups * nr;
+  acc_t *Qt = w.Qt.data(), *Ot = w.Ot.data(), *S = w.S.data(), *K = w.K.data(), *V = w.V.data();
+  // Row r = g * nr + (i - i0) holds query i of head hk * groups + g.
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t r = 0; r < nr; ++r)
+      load_rotated(a.Q.row(b, i0 + r, hk * groups + g), D, rope, i0 + r, a.scale, Qt + (g * nr + r) * D);
+  std::fill(Ot, Ot + M * D, acc_t(0));
+  std::fill(w.m.begin(), w.m.begin() + M, -std::numeric_limits<acc_t>::infinity());
+  std::fill(w.l.begin(), w.l.begin() + M, acc_t(0));
+  const int64_t nk = a.causal ? i0 + nr : T;  // keys this block can see
+  if (w.b != b || w.hk != hk) w.b = b, w.hk = hk, w.rows = 0;
+  load_keys_values(a.K, a.V, b, hk, rope, w.rows, nk, D, K, V);
+  w.rows = std::max(w.rows, nk);
+  for (int64_t j0 = 0; j0 < nk; j0 += kKeyTile) {
+    const int64_t kt = std::min(kKeyTile, nk - j0), ld = padded(kt);
+    cpu::gemm(false, true, M, kt, D, acc_t(1), Qt, D, K + j0 * D, D, acc_t(0), S, ld);  // Q K^T
+    for (int64_t row = 0; row < M; ++row) {
+      const int64_t i = i0 + row % nr;
+      const int64_t valid = a.causal ? std::clamp<int64_t>(i + 1 - j0, 0, kt) : kt;
+      const acc_t rescale = softmax_update(S + row * ld, ld, valid, w.m[row], w.l[row]);
+      if (rescale != acc_t(1))
+        for (int64_t d = 0; d < D; ++d) Ot[row * D + d] *= rescale;
+    }
+    cpu::gemm(false, false, M, D, kt, acc_t(1), S, ld, V + j0 * D, D, acc_t(1), Ot, D);  // += P V
+  }
+  for (int64_t row = 0; row < M; ++row) {
+    const int64_t g = row / nr, i = i0 + row % nr, h = hk * groups + g;
+    const acc_t inv_l = acc_t(1) / w.l[row];
+    scalar_t* o = a.O.row(b, i, h);
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(Ot[row * D + d] * inv_l);
+    a.lse[(b * a.H + h) * T + i] = w.m[row] + std::log(w.l[row]);
+  }
+}
+
+// The tasks are compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time (the loops around the
+// GEMMs - rotation, conversion, softmax - are a large share of the time at small head_dim). target_clones
+// needs concrete functions, not templates: one per (task, dtype).
+#define PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, scalar_t, acc_t) \
+  PYGPT_MULTIVERSION void name(const Args<scalar_t>& a, int64_t task, Scratch<acc_t>& w) { task_fn(a, task, w); }
+
+PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, float, float)
+PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, double, double)
+PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, at::Half, float)
+PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, at::BFloat16, float)
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -125,55 +225,13 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   at::Tensor& lse) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Hkv = k.size(2), D = q.size(3);
-  const int64_t groups = H / Hkv;
-  const int64_t n_qblocks = (T + kQueryBlock - 1) / kQueryBlock;
-  const auto Q = rows_of<scalar_t>(q), Kr = rows_of<scalar_t>(k), Vr = rows_of<scalar_t>(v);
-  const auto O = rows_of<scalar_t>(out);
-  acc_t* lse_p = lse.data_ptr<acc_t>();  // (B, H, T)
   const RopeTables<acc_t> tables(positions, B, T, D, base);
-
-  at::parallel_for(0, B * Hkv * n_qblocks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t max_rows = groups * kQueryBlock;
-    std::vector<acc_t> Qt(max_rows * D), Ot(max_rows * D), S(max_rows * kKeyTile), Kt(kKeyTile * D),
-        Vt(kKeyTile * D), m(max_rows), l(max_rows);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t qb = task % n_qblocks, hk = (task / n_qblocks) % Hkv, b = task / (n_qblocks * Hkv);
-      const RopeTable<acc_t>& rope = tables[b];
-      const int64_t i0 = qb * kQueryBlock, nr = std::min(T, i0 + kQueryBlock) - i0, M = groups * nr;
-      // Row r = g * nr + (i - i0) holds query i of head hk * groups + g.
-      for (int64_t g = 0; g < groups; ++g)
-        for (int64_t r = 0; r < nr; ++r)
-          load_rotated(Q.row(b, i0 + r, hk * groups + g), D, rope, i0 + r, static_cast<acc_t>(scale),
-                       Qt.data() + (g * nr + r) * D);
-      std::fill(Ot.begin(), Ot.begin() + M * D, acc_t(0));
-      std::fill(m.begin(), m.begin() + M, -std::numeric_limits<acc_t>::infinity());
-      std::fill(l.begin(), l.begin() + M, acc_t(0));
-      const int64_t nk = causal ? i0 + nr : T;  // keys this block can see
-      for (int64_t j0 = 0; j0 < nk; j0 += kKeyTile) {
-        const int64_t kt = std::min(kKeyTile, nk - j0);
-        for (int64_t j = 0; j < kt; ++j) {
-          load_rotated(Kr.row(b, j0 + j, hk), D, rope, j0 + j, acc_t(1), Kt.data() + j * D);
-          const scalar_t* vj = Vr.row(b, j0 + j, hk);
-          for (int64_t d = 0; d < D; ++d) Vt[j * D + d] = static_cast<acc_t>(vj[d]);
-        }
-        cpu::gemm(false, true, M, kt, D, acc_t(1), Qt.data(), D, Kt.data(), D, acc_t(0), S.data(), kt);  // Q K^T
-        for (int64_t row = 0; row < M; ++row) {
-          const int64_t i = i0 + row % nr;
-          const int64_t valid = causal ? std::clamp<int64_t>(i + 1 - j0, 0, kt) : kt;
-          const acc_t rescale = softmax_update_any(S.data() + row * kt, kt, valid, m[row], l[row]);
-          if (rescale != acc_t(1))
-            for (int64_t d = 0; d < D; ++d) Ot[row * D + d] *= rescale;
-        }
-        cpu::gemm(false, false, M, D, kt, acc_t(1), S.data(), kt, Vt.data(), D, acc_t(1), Ot.data(), D);  // += P V
-      }
-      for (int64_t row = 0; row < M; ++row) {
-        const int64_t g = row / nr, i = i0 + row % nr, h = hk * groups + g;
-        const acc_t inv_l = acc_t(1) / l[row];
-        scalar_t* o = O.row(b, i, h);
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(Ot[row * D + d] * inv_l);
-        lse_p[(b * H + h) * T + i] = m[row] + std::log(l[row]);
-      }
-    }
+  const ForwardArgs<scalar_t> args{rows_of<scalar_t>(q), rows_of<scalar_t>(k), rows_of<scalar_t>(v),
+                                   rows_of<scalar_t>(out), lse.data_ptr<acc_t>(), &tables, T, H, Hkv, D, H / Hkv,
+                                   (T + kQueryBlock - 1) / kQueryBlock, static_cast<acc_t>(scale), causal};
+  at::parallel_for(0, B * Hkv * args.n_qblocks, 1, [&](int64_t begin, int64_t end) {
+    ForwardScratch<acc_t> scratch(T, args.groups, D);
+    for (int64_t task = begin; task < end; ++task) run_forward_task(args, task, scratch);
   });
 }
 
@@ -197,82 +255,107 @@ std::tuple<at::Tensor, at::Tensor> rope_attention_cpu(const at::Tensor& q, const
 // ---- backward -----------------------------------------------------------------------------------------------
 
 template <typename scalar_t>
+struct BackwardArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  Rows<scalar_t> Q, K, V, O, dO, dQ, dK, dV;
+  const acc_t* lse;  // (B, H, T)
+  const RopeTables<acc_t>* tables;
+  int64_t T, H, Hkv, D, groups;
+  acc_t scale;
+  bool causal;
+};
+
+template <typename acc_t>
+struct BackwardScratch {
+  std::vector<acc_t> K, V, dK, dV, Qt, dOt, dQt, P, dS, row_lse, delta, tmp;
+  BackwardScratch(int64_t T, int64_t groups, int64_t D)
+      : K(T * D), V(T * D), dK(T * D), dV(T * D), Qt(groups * kQueryBlock * D), dOt(groups * kQueryBlock * D),
+        dQt(groups * kQueryBlock * D), P(groups * kQueryBlock * kKeyTile), dS(groups * kQueryBlock * kKeyTile),
+        row_lse(groups * kQueryBlock), delta(groups * kQueryBlock), tmp(D) {}
+};
+
+// One task: (b, kv head hk). It owns dK/dV of the kv head and dQ of the group's query heads, so no two tasks
+// write the same memory.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+PYGPT_INLINE void backward_task(const BackwardArgs<scalar_t>& a, int64_t task, BackwardScratch<acc_t>& w) {
+  const int64_t T = a.T, D = a.D, groups = a.groups;
+  const int64_t hk = task % a.Hkv, b = task / a.Hkv;
+  const RopeTable<acc_t>& rope = (*a.tables)[b];
+  acc_t *K = w.K.data(), *V = w.V.data(), *dK = w.dK.data(), *dV = w.dV.data(), *Qt = w.Qt.data(),
+        *dOt = w.dOt.data(), *dQt = w.dQt.data(), *P = w.P.data(), *dS = w.dS.data(), *tmp = w.tmp.data();
+  load_keys_values(a.K, a.V, b, hk, rope, 0, T, D, K, V);
+  std::fill(dK, dK + T * D, acc_t(0));
+  std::fill(dV, dV + T * D, acc_t(0));
+  for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
+    const int64_t nr = std::min(kQueryBlock, T - i0), M = groups * nr;
+    for (int64_t row = 0; row < M; ++row) {
+      const int64_t i = i0 + row % nr, h = hk * groups + row / nr;
+      load_rotated(a.Q.row(b, i, h), D, rope, i, a.scale, Qt + row * D);
+      const scalar_t* go = a.dO.row(b, i, h);
+      const scalar_t* o = a.O.row(b, i, h);
+      acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < D; ++d) {
+        dOt[row * D + d] = static_cast<acc_t>(go[d]);
+        dot += static_cast<acc_t>(go[d]) * static_cast<acc_t>(o[d]);
+      }
+      w.delta[row] = dot;
+      w.row_lse[row] = a.lse[(b * a.H + h) * T + i];
+    }
+    std::fill(dQt, dQt + M * D, acc_t(0));
+    const int64_t nk = a.causal ? i0 + nr : T;
+    for (int64_t j0 = 0; j0 < nk; j0 += kKeyTile) {
+      const int64_t kt = std::min(kKeyTile, nk - j0), ld = padded(kt);
+      const acc_t* Kt = K + j0 * D;
+      const acc_t* Vt = V + j0 * D;
+      cpu::gemm(false, true, M, kt, D, acc_t(1), Qt, D, Kt, D, acc_t(0), P, ld);     // S = Q K^T
+      cpu::gemm(false, true, M, kt, D, acc_t(1), dOt, D, Vt, D, acc_t(0), dS, ld);   // dP = dO V^T
+      for (int64_t row = 0; row < M; ++row) {
+        const int64_t i = i0 + row % nr;
+        const int64_t valid = a.causal ? std::clamp<int64_t>(i + 1 - j0, 0, kt) : kt;
+        softmax_grad(P + row * ld, dS + row * ld, ld, valid, w.row_lse[row], w.delta[row]);
+      }
+      cpu::gemm(true, false, kt, D, M, acc_t(1), P, ld, dOt, D, acc_t(1), dV + j0 * D, D);   // dV += P^T dO
+      cpu::gemm(false, false, M, D, kt, acc_t(1), dS, ld, Kt, D, acc_t(1), dQt, D);         // dQ~ += dS K
+      cpu::gemm(true, false, kt, D, M, acc_t(1), dS, ld, Qt, D, acc_t(1), dK + j0 * D, D);  // dK~ += dS^T Q
+    }
+    for (int64_t row = 0; row < M; ++row) {  // dq = scale * rot^T(dq~)
+      const int64_t i = i0 + row % nr, h = hk * groups + row / nr;
+      load_rotated(dQt + row * D, D, rope, i, a.scale, tmp, acc_t(-1));
+      scalar_t* gq = a.dQ.row(b, i, h);
+      for (int64_t d = 0; d < D; ++d) gq[d] = static_cast<scalar_t>(tmp[d]);
+    }
+  }
+  for (int64_t j = 0; j < T; ++j) {
+    load_rotated(dK + j * D, D, rope, j, acc_t(1), tmp, acc_t(-1));
+    scalar_t* gk = a.dK.row(b, j, hk);
+    scalar_t* gv = a.dV.row(b, j, hk);
+    for (int64_t d = 0; d < D; ++d) {
+      gk[d] = static_cast<scalar_t>(tmp[d]);
+      gv[d] = static_cast<scalar_t>(dV[j * D + d]);
+    }
+  }
+}
+
+PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, float, float)
+PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, double, double)
+PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, at::Half, float)
+PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, at::BFloat16, float)
+
+template <typename scalar_t>
 void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const std::optional<at::Tensor>& positions, const at::Tensor& out, const at::Tensor& lse,
                    double scale, double base, bool causal, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Hkv = k.size(2), D = q.size(3);
-  const int64_t groups = H / Hkv;
-  const auto Q = rows_of<scalar_t>(q), Kr = rows_of<scalar_t>(k), Vr = rows_of<scalar_t>(v);
-  const auto O = rows_of<scalar_t>(out), dO = rows_of<scalar_t>(grad_out);
-  const auto dQ = rows_of<scalar_t>(dq), dKr = rows_of<scalar_t>(dk), dVr = rows_of<scalar_t>(dv);
-  const acc_t* lse_p = lse.data_ptr<acc_t>();
   const RopeTables<acc_t> tables(positions, B, T, D, base);
-
+  const BackwardArgs<scalar_t> args{rows_of<scalar_t>(q),  rows_of<scalar_t>(k),        rows_of<scalar_t>(v),
+                                    rows_of<scalar_t>(out), rows_of<scalar_t>(grad_out), rows_of<scalar_t>(dq),
+                                    rows_of<scalar_t>(dk), rows_of<scalar_t>(dv),         lse.data_ptr<acc_t>(),
+                                    &tables, T, H, Hkv, D, H / Hkv, static_cast<acc_t>(scale), causal};
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
-    const int64_t max_rows = groups * kQueryBlock;
-    std::vector<acc_t> K(T * D), V(T * D), dK(T * D), dV(T * D);
-    std::vector<acc_t> Qt(max_rows * D), dOt(max_rows * D), dQt(max_rows * D), P(max_rows * kKeyTile),
-        dS(max_rows * kKeyTile), row_lse(max_rows), delta(max_rows), tmp(D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t hk = task % Hkv, b = task / Hkv;
-      const RopeTable<acc_t>& rope = tables[b];
-      for (int64_t j = 0; j < T; ++j) {
-        load_rotated(Kr.row(b, j, hk), D, rope, j, acc_t(1), K.data() + j * D);
-        const scalar_t* vj = Vr.row(b, j, hk);
-        for (int64_t d = 0; d < D; ++d) V[j * D + d] = static_cast<acc_t>(vj[d]);
-      }
-      std::fill(dK.begin(), dK.end(), acc_t(0));
-      std::fill(dV.begin(), dV.end(), acc_t(0));
-      for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
-        const int64_t nr = std::min(kQueryBlock, T - i0), M = groups * nr;
-        for (int64_t row = 0; row < M; ++row) {
-          const int64_t i = i0 + row % nr, h = hk * groups + row / nr;
-          load_rotated(Q.row(b, i, h), D, rope, i, static_cast<acc_t>(scale), Qt.data() + row * D);
-          const scalar_t* go = dO.row(b, i, h);
-          const scalar_t* o = O.row(b, i, h);
-          acc_t dot = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            dOt[row * D + d] = static_cast<acc_t>(go[d]);
-            dot += dOt[row * D + d] * static_cast<acc_t>(o[d]);
-          }
-          delta[row] = dot;
-          row_lse[row] = lse_p[(b * H + h) * T + i];
-        }
-        std::fill(dQt.begin(), dQt.begin() + M * D, acc_t(0));
-        const int64_t nk = causal ? i0 + nr : T;
-        for (int64_t j0 = 0; j0 < nk; j0 += kKeyTile) {
-          const int64_t kt = std::min(kKeyTile, nk - j0);
-          const acc_t* Kt = K.data() + j0 * D;
-          const acc_t* Vt = V.data() + j0 * D;
-          cpu::gemm(false, true, M, kt, D, acc_t(1), Qt.data(), D, Kt, D, acc_t(0), P.data(), kt);     // S = Q K^T
-          cpu::gemm(false, true, M, kt, D, acc_t(1), dOt.data(), D, Vt, D, acc_t(0), dS.data(), kt);   // dP = dO V^T
-          for (int64_t row = 0; row < M; ++row) {
-            const int64_t i = i0 + row % nr;
-            const int64_t valid = causal ? std::clamp<int64_t>(i + 1 - j0, 0, kt) : kt;
-            softmax_grad_any(P.data() + row * kt, dS.data() + row * kt, kt, valid, row_lse[row], delta[row]);
-          }
-          cpu::gemm(true, false, kt, D, M, acc_t(1), P.data(), kt, dOt.data(), D, acc_t(1), dV.data() + j0 * D, D);
-          cpu::gemm(false, false, M, D, kt, acc_t(1), dS.data(), kt, Kt, D, acc_t(1), dQt.data(), D);
-          cpu::gemm(true, false, kt, D, M, acc_t(1), dS.data(), kt, Qt.data(), D, acc_t(1), dK.data() + j0 * D, D);
-        }
-        for (int64_t row = 0; row < M; ++row) {  // dq = scale * rot^T(dq~)
-          const int64_t i = i0 + row % nr, h = hk * groups + row / nr;
-          load_rotated(dQt.data() + row * D, D, rope, i, static_cast<acc_t>(scale), tmp.data(), acc_t(-1));
-          scalar_t* gq = dQ.row(b, i, h);
-          for (int64_t d = 0; d < D; ++d) gq[d] = static_cast<scalar_t>(tmp[d]);
-        }
-      }
-      for (int64_t j = 0; j < T; ++j) {
-        load_rotated(dK.data() + j * D, D, rope, j, acc_t(1), tmp.data(), acc_t(-1));
-        scalar_t* gk = dKr.row(b, j, hk);
-        scalar_t* gv = dVr.row(b, j, hk);
-        for (int64_t d = 0; d < D; ++d) {
-          gk[d] = static_cast<scalar_t>(tmp[d]);
-          gv[d] = static_cast<scalar_t>(dV[j * D + d]);
-        }
-      }
-    }
+    BackwardScratch<acc_t> scratch(T, args.groups, D);
+    for (int64_t task = begin; task < end; ++task) run_backward_task(args, task, scratch);
   });
 }
 

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "eval_iters batches each out of the budget); none is pruned in the first fifth")
     parser.add_argument("--random-trials", type=int, default=10, metavar="N",
                         help="random trials before TPE models the space (default 10)")
+    parser.add_argument("--enqueue-base", action="store_true",
+                        help="train the base config's own values of the searched settings as the next trial, so "
+                             "the table compares the finds with it under the same trial budget")
     parser.add_argument("--seed", type=int, help="sampler seed (default: random)")
     parser.add_argument("--top", type=int, default=5, help="rows in the table of best trials (default 5)")
     parser.add_argument("--keep-checkpoints", action="store_true",
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pygpt.data import load_corpus
     from pygpt.train import load_config
-    from pygpt.tune import tune
+    from pygpt.tune import base_settings, tune
 
     overrides = list(args.set)
     for flag, key in ((args.data, "data"), (args.device, "device")):
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         result = tune(base, space, trials=trials, timeout=args.timeout, trial_time=args.trial_time,
                       storage=args.storage, study_name=study, out_dir=args.out, corpus=corpus, reports=args.reports,
                       pruner=args.pruner, prune_after=args.prune_after, random_trials=args.random_trials,
-                      seed=args.seed, top=args.top, keep_checkpoints=args.keep_checkpoints)
+                      seed=args.seed, top=args.top, keep_checkpoints=args.keep_checkpoints,
+                      enqueue=[base_settings(params, base)] if args.enqueue_base else None)
     except ValueError as err:
         raise SystemExit(f"pygpt tune: {err}") from None
     print()
