@@ -617,7 +617,11 @@ def tune(base: RunConfig, space: dict | None = None, *, trials: int | None = Non
                        gc_after_trial=True)
 
     table = best_table(study, top)
-    data = str(Path(corpus.source).resolve()) if corpus.source and Path(corpus.source).is_file() else corpus.source
+    # The same text for the best run: a given file by its absolute path; the default corpus stays the default
+    # (found on whichever machine trains the config).
+    data = base.train.data
+    if data and corpus.source and Path(corpus.source).is_file():
+        data = str(Path(corpus.source).resolve())
     cfg = best_config(study, base, data=data, out_dir=str(out / "best_run"))
     path = None
     if cfg is not None:

@@ -155,7 +155,6 @@ struct ForwardArgs {
   bool causal;
 };
 
-// Per-thread buffers of the forward tasks.
 // Per-thread buffers of the forward tasks. K and V hold the rotated keys and the values of one (b, kv head),
 // rows [0, rows): a thread runs consecutive tasks, which mostly share (b, kv head), so each key is rotated
 // and converted once per thread rather than once per query block.
@@ -184,7 +183,11 @@ PYGPT_INLINE void forward_task(const ForwardArgs<scalar_t>& a, int64_t task, For
   std::fill(w.m.begin(), w.m.begin() + M, -std::numeric_limits<acc_t>::infinity());
   std::fill(w.l.begin(), w.l.begin() + M, acc_t(0));
   const int64_t nk = a.causal ? i0 + nr : T;  // keys this block can see
-  if (w.b != b || w.hk != hk) w.b = b, w.hk = hk, w.rows = 0;
+  if (w.b != b || w.hk != hk) {  // a new (b, kv head): its keys are not loaded yet
+    w.b = b;
+    w.hk = hk;
+    w.rows = 0;
+  }
   load_keys_values(a.K, a.V, b, hk, rope, w.rows, nk, D, K, V);
   w.rows = std::max(w.rows, nk);
   for (int64_t j0 = 0; j0 < nk; j0 += kKeyTile) {
