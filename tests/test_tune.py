@@ -202,3 +202,10 @@ def test_enqueue_base_runs_the_base_config_as_the_first_trial(tiny_text, tmp_pat
     assert first.params == {"lr": 0.002, "n_embd": 32}
     assert second.params != first.params  # then the sampler takes over
     assert "trial 0: full-val" in capsys.readouterr().out
+
+
+def test_best_config_of_the_default_corpus_names_no_file(tiny_text, tmp_path):
+    base = _base(tiny_text, data="", max_iters=8)  # "" = Tiny Shakespeare wherever the config is trained
+    result, _ = _tune(tiny_text, tmp_path, {"inherit": False, "lr": [3e-3]}, trials=1, base=base, pruner="none")
+    assert result.best_config.train.data == ""
+    assert json.loads(result.best_config_path.read_text())["train"]["data"] == ""

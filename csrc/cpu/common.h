@@ -103,8 +103,8 @@ struct RopeTables {
 
 // dst = mult * rot(src) at row t (sign -1: the inverse rotation), converted to acc_t.
 template <typename scalar_t, typename acc_t>
-PYGPT_INLINE void load_rotated(const scalar_t* src, int64_t D, const RopeTable<acc_t>& rope, int64_t t, acc_t mult, acc_t* dst,
-                         acc_t sign = 1) {
+PYGPT_INLINE void load_rotated(const scalar_t* src, int64_t D, const RopeTable<acc_t>& rope, int64_t t, acc_t mult,
+                               acc_t* dst, acc_t sign = 1) {
   if (!rope.enabled) {
     for (int64_t d = 0; d < D; ++d) dst[d] = mult * static_cast<acc_t>(src[d]);
     return;

@@ -38,7 +38,6 @@ constexpr int64_t kQueryBlock = 64;  // query rows per task (per head)
 constexpr int64_t kKeyTile = 256;    // keys per step of the online softmax
 
 // ---- softmax pieces -------------------------------------------------------------------------------------
-// Float reductions only vectorise when the compiler may reorder them: `omp simd reduction` says it may.
 
 // Score rows are padded to a multiple of kLanes (their row stride) and the loops below run over the padded
 // width n, masking with a select: no scalar remainder loop, whose exp would cost more than the vector body.

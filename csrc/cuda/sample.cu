@@ -189,6 +189,23 @@ __device__ __forceinline__ void pivots(int64_t lo, int64_t hi, int (&piv)[kPivot
   for (int j = 0; j < kPivots; ++j) piv[j] = static_cast<int>(lo + ((j + 1) * (hi - lo)) / (kPivots + 1));
 }
 
+// One bisection step: the pivots whose statistic (count or mass of keys <= pivot) reaches the target bound the
+// threshold key from above, the others from below.
+template <typename T>
+__device__ __forceinline__ void narrow(int64_t& lo, int64_t& hi, const int (&piv)[kPivots], const T* stat, T target) {
+  int64_t new_lo = lo, new_hi = hi;
+#pragma unroll
+  for (int j = 0; j < kPivots; ++j) {
+    if (stat[j] >= target) {
+      new_hi = piv[j] < new_hi ? piv[j] : new_hi;
+    } else {
+      new_lo = piv[j] > new_lo ? piv[j] : new_lo;
+    }
+  }
+  lo = new_lo;
+  hi = new_hi;
+}
+
 __device__ __forceinline__ int bin_of(float z) {  // z <= 0 (or -inf)
   const float f = -z * kInvBinW;
   return f < static_cast<float>(kBins - 1) ? static_cast<int>(f) : kBins - 1;
@@ -389,17 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int j = 0; j < kPivots; ++j) cnt[j] += key <= piv[j];
       }
       block_sum(cnt);
-      int64_t new_lo = lo, new_hi = hi;
-#pragma unroll
-      for (int j = 0; j < kPivots; ++j) {
-        if (cnt[j] >= k) {
-          new_hi = piv[j] < new_hi ? piv[j] : new_hi;
-        } else {
-          new_lo = piv[j] > new_lo ? piv[j] : new_lo;
-        }
-      }
-      lo = new_lo;
-      hi = new_hi;
+      narrow(lo, hi, piv, cnt, k);
     }
     key_k = static_cast<int>(hi);
   }
@@ -425,18 +432,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       block_sum(mass);
-      const float target = top_p * mass[kPivots];
-      int64_t new_lo = lo, new_hi = hi;
-#pragma unroll
-      for (int j = 0; j < kPivots; ++j) {
-        if (mass[j] >= target) {
-          new_hi = piv[j] < new_hi ? piv[j] : new_hi;
-        } else {
-          new_lo = piv[j] > new_lo ? piv[j] : new_lo;
-        }
-      }
-      lo = new_lo;
-      hi = new_hi;
+      narrow(lo, hi, piv, mass, top_p * mass[kPivots]);
     }
     key_keep = static_cast<int>(hi);
   }
