@@ -209,3 +209,26 @@ def test_best_config_of_the_default_corpus_names_no_file(tiny_text, tmp_path):
     result, _ = _tune(tiny_text, tmp_path, {"inherit": False, "lr": [3e-3]}, trials=1, base=base, pruner="none")
     assert result.best_config.train.data == ""
     assert json.loads(result.best_config_path.read_text())["train"]["data"] == ""
+
+
+def test_parallel_jobs_share_one_study_and_keep_only_the_best_checkpoint(tiny_text, tmp_path):
+    # Time-limited trials (3 s each) so that worker 1 has started (a fresh interpreter) before worker 0
+    # could have run all six alone.
+    result, lines = _tune(tiny_text, tmp_path, {"inherit": False, "lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+                          trials=6, jobs=2, trial_time=3, pruner="none",
+                          base=_base(tiny_text, max_iters=100_000, threads=0))
+    trials = result.study.get_trials(deepcopy=False)
+    assert 6 <= len(trials) <= 7  # a worker finishing its running trial may overshoot by one
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+    assert all(t.user_attrs["config"]["train"]["threads"] >= 1 for t in trials)  # cpu_count // 2 each
+    assert "2 trials at a time" in lines[0]
+    best = min(trials, key=lambda t: t.value).number
+    kept = sorted(p.name for p in (tmp_path / "out" / "trials").iterdir())
+    assert kept == [f"{best:04d}"]
+    assert result.best_config_path.is_file()
+
+
+def test_jobs_must_be_positive(tiny_text, tmp_path):
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        _tune(tiny_text, tmp_path, {"inherit": False, "lr": [3e-3]}, trials=1, jobs=0)

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trial-time", type=float, default=60.0, metavar="SECONDS",
                         help="training time of every trial (time_limit with schedule_by_time; default 60; 0: no "
                              "time limit, the base config's max_iters only)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train N trials at once, in N processes sharing the storage (default 1); each gets "
+                             "cpu_count/N torch threads unless --set threads=K")
     parser.add_argument("--space", metavar="FILE", help="search space, JSON or TOML (format below)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     parser.add_argument("--study", help="study name (default: tune-<config name>); an existing study is resumed")
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"pygpt tune: {err}") from None
     if args.trial_time < 0:
         raise SystemExit("pygpt tune: --trial-time must be >= 0")
+    if args.jobs < 1:
+        raise SystemExit(f"pygpt tune: --jobs must be >= 1, got {args.jobs}")
     trials = args.trials if args.trials is not None or args.timeout is not None else 10
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     study = args.study or f"tune-{Path(args.config).stem}"
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         result = tune(base, space, trials=trials, timeout=args.timeout, trial_time=args.trial_time,
                       storage=args.storage, study_name=study, out_dir=args.out, corpus=corpus, reports=args.reports,
                       pruner=args.pruner, prune_after=args.prune_after, random_trials=args.random_trials,
-                      seed=args.seed, top=args.top, keep_checkpoints=args.keep_checkpoints,
+                      seed=args.seed, top=args.top, keep_checkpoints=args.keep_checkpoints, jobs=args.jobs,
                       enqueue=[base_settings(params, base)] if args.enqueue_base else None)
     except ValueError as err:
         raise SystemExit(f"pygpt tune: {err}") from None
