@@ -278,21 +278,31 @@ def apply_settings(base: RunConfig, settings: dict[str, Any], **train_extra) -> 
     return RunConfig(model=GPTConfig.from_dict(model), train=TrainConfig(**train), model_type=base.model_type)
 
 
+def _base_departure(param: Param, value: Any) -> str | None:
+    """Why the enqueued base trial cannot take the base config's ``value`` of ``param`` (None: it can)."""
+    if param.kind == "fixed":
+        return None if param.value == value else f"{param.name} is fixed at {param.value!r} (base: {value!r})"
+    if param.kind == "categorical" and value not in param.choices:
+        return f"{param.name} {value!r} is not among the choices (the sampler draws it)"
+    if param.kind in ("int", "float") and not param.low <= value <= param.high:
+        return f"{param.name} {value!r} is outside {param.low}..{param.high} (the sampler draws it)"
+    return None
+
+
 def base_settings(space: dict[str, Param], base: RunConfig) -> dict[str, Any]:
     """The base config's own values of the searched settings, for enqueueing it as a trial (so the study
     compares its finds with the config it started from, under the same trial budget). A value outside its
-    range or choices is left out (the sampler draws that one)."""
+    range or choices is left out (the sampler draws that one); see base_departures."""
     values = {**base.model.to_dict(), **base.train.to_dict()}
-    settings = {}
-    for name, param in space.items():
-        value = values[name]
-        if param.kind == "categorical" and value not in param.choices:
-            continue
-        if param.kind in ("int", "float") and not param.low <= value <= param.high:
-            continue
-        if param.kind != "fixed":
-            settings[name] = value
-    return settings
+    return {name: values[name] for name, param in space.items()
+            if param.kind != "fixed" and _base_departure(param, values[name]) is None}
+
+
+def base_departures(space: dict[str, Param], base: RunConfig) -> list[str]:
+    """Where the enqueued base trial differs from the base config (fixed values, values outside the space):
+    then it is not the base config, and the study's comparison with it says less."""
+    values = {**base.model.to_dict(), **base.train.to_dict()}
+    return [reason for name, param in space.items() if (reason := _base_departure(param, values[name]))]
 
 
 def sample_settings(trial, space: dict[str, Param], base: RunConfig) -> dict[str, Any]:

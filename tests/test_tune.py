@@ -182,6 +182,18 @@ def test_base_settings_take_the_base_values_inside_the_space(tiny_text):
     assert base_settings(space, base) == {"lr": 3e-3, "n_embd": 16}  # n_layer left to the sampler; dropout fixed
 
 
+def test_base_departures_name_fixed_and_out_of_space_values(tiny_text):
+    from pygpt.tune import base_departures
+
+    space = parse_space({"inherit": False, "lr": {"low": 1e-3, "high": 1e-2, "log": True}, "n_embd": [32, 64],
+                         "n_layer": {"low": 2, "high": 4}, "n_head": 4, "batch_size": 8})
+    reasons = base_departures(space, _base(tiny_text))  # n_embd 16, n_layer 1, n_head 2, batch_size 8
+    assert len(reasons) == 3
+    assert "n_embd 16 is not among the choices" in reasons[0]
+    assert "n_layer 1 is outside 2..4" in reasons[1]
+    assert "n_head is fixed at 4 (base: 2)" in reasons[2]
+
+
 def test_enqueue_base_runs_the_base_config_as_the_first_trial(tiny_text, tmp_path, capsys):
     pytest.importorskip("optuna")
     from pygpt.cli import main

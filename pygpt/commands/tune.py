@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pygpt.data import load_corpus
     from pygpt.train import load_config
-    from pygpt.tune import base_settings, tune
+    from pygpt.tune import base_departures, base_settings, tune
 
     overrides = list(args.set)
     for flag, key in ((args.data, "data"), (args.device, "device")):
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise SystemExit(f"pygpt tune: --jobs must be >= 1, got {args.jobs}")
     trials = args.trials if args.trials is not None or args.timeout is not None else 10
+    if args.enqueue_base:
+        for reason in base_departures(params, base):
+            print(f"warning: the base trial will differ from --config {args.config}: {reason}")
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     study = args.study or f"tune-{Path(args.config).stem}"
     print(f"tuning on {corpus.source} ({len(corpus.train_ids):,} train chars): study {study!r}, "
