@@ -4,13 +4,15 @@
     python benchmarks/bench_rotary.py --device cpu --threads 2
     python benchmarks/bench_rotary.py --cuda-backend cuda   # the CUDA C++ kernel instead of Triton
 
-The op is memory bound: GB/s counts x read + out written (positions are negligible).
+The op is memory bound: GB/s counts x read + out written (positions are negligible); on CUDA, '% copy' compares
+it with the same run's device-to-device copy (the foundation issue aims at >= 80%).
 """
 
 import torch
 
 import pygpt.ops as ops
-from pygpt.benchmark import Comparison, apply_benchmark_args, benchmark_parser, print_comparisons, time_ms
+from pygpt.benchmark import (Comparison, apply_benchmark_args, benchmark_parser, copy_bandwidth_gbs, print_comparisons,
+                             time_ms)
 from pygpt.ops.rotary import rotary_reference
 from pygpt.testing import assert_close
 
@@ -30,7 +32,7 @@ def main() -> None:
         ref = time_ms(lambda: rotary_reference(x, positions), device)
         ker = time_ms(lambda: ops.rotary(x, positions), device)
         rows.append(Comparison(f"B{B} T{T} H{H} D{D}", ref, ker, 2 * x.numel() * x.element_size()))
-    print_comparisons(f"rotary, {str(dtype).removeprefix('torch.')}", device, rows, kernel)
+    print_comparisons(f"rotary, {str(dtype).removeprefix('torch.')}", device, rows, kernel, copy_bandwidth_gbs(device))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,37 @@ def time_ms(fn: Callable[[], object], device: torch.device | str, warmup: int = 
     return statistics.median(times)
 
 
+def cuda_graphed(fn: Callable[[], object], device: torch.device | str) -> Callable[[], object]:
+    """``fn`` captured in a CUDA graph (a replay runs all its launches with no launch gaps), as a decode loop
+    runs it; on a CPU device, ``fn`` itself. ``fn`` must not sync with the host; it runs 3 times to warm up
+    (Triton compiles, cuBLAS handles) on a side stream before the capture."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return fn
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def copy_bandwidth_gbs(device: torch.device | str, megabytes: int = 1024) -> float | None:
+    """Measured device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written: the ceiling
+    that a memory-bound kernel's GB/s is compared with (None on a CPU device)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    src = torch.randn(megabytes * 2**20 // 4, device=device)  # random, not zeros (see ../shared/EVAL.md)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
 @dataclass
 class Comparison:
     case: str
@@ -56,16 +87,30 @@ class Comparison:
     def speedup(self) -> float:
         return self.reference_ms / self.kernel_ms
 
-    def row(self) -> str:
-        bw = f"{self.bytes_moved / self.kernel_ms / 1e6:9.1f}" if self.bytes_moved else f"{'-':>9}"
-        return f"{self.case:<34} {self.reference_ms:11.4f} {self.kernel_ms:11.4f} {self.speedup:8.2f}x {bw}"
+    @property
+    def kernel_gbs(self) -> float | None:
+        return self.bytes_moved / self.kernel_ms / 1e6 if self.bytes_moved else None
+
+    def row(self, peak_gbs: float | None = None) -> str:
+        gbs = self.kernel_gbs
+        line = (f"{self.case:<34} {self.reference_ms:11.4f} {self.kernel_ms:11.4f} {self.speedup:8.2f}x "
+                + (f"{gbs:9.1f}" if gbs else f"{'-':>9}"))
+        if peak_gbs:
+            line += f" {100 * gbs / peak_gbs:7.1f}%" if gbs else f" {'-':>8}"
+        return line
 
 
-def print_comparisons(title: str, device: torch.device | str, rows: list[Comparison], kernel_label: str) -> None:
+def print_comparisons(title: str, device: torch.device | str, rows: list[Comparison], kernel_label: str,
+                      peak_gbs: float | None = None) -> None:
+    """The table of one benchmark; with ``peak_gbs`` (copy_bandwidth_gbs) also each kernel's share of it."""
     print(f"{title} on {device_name(device)} (torch {torch.__version__})")
-    print(f"{'case':<34} {'torch ms':>11} {kernel_label + ' ms':>11} {'speedup':>9} {'GB/s':>9}")
+    header = f"{'case':<34} {'torch ms':>11} {kernel_label + ' ms':>11} {'speedup':>9} {'GB/s':>9}"
+    if peak_gbs:
+        print(f"device-to-device copy: {peak_gbs:.1f} GB/s (read + write); '% copy' is the kernel's share of it")
+        header += f" {'% copy':>8}"
+    print(header)
     for r in rows:
-        print(r.row())
+        print(r.row(peak_gbs))
 
 
 def benchmark_parser(doc: str | None, with_dtype: bool = True):
