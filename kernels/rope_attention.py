@@ -44,44 +44,66 @@ def _load_rotated_halves(ptr, rows, row_stride, row_mask, cos_ptr, sin_ptr, HALF
 
 
 @triton.jit
+def _load_query_halves(ptr, rows, row_stride, row_mask, cos_ptr, sin_ptr, qk_scale, HALF: tl.constexpr,
+                       BLOCK_HALF: tl.constexpr, ROPE: tl.constexpr):
+    """The rotated q halves times scale * log2(e), in q's dtype: scores come out in log2 units, for exp2."""
+    q1, q2 = _load_rotated_halves(ptr, rows, row_stride, row_mask, cos_ptr, sin_ptr, HALF, BLOCK_HALF, ROPE)
+    ty = ptr.dtype.element_ty
+    return (q1 * qk_scale).to(ty), (q2 * qk_scale).to(ty)
+
+
+@triton.jit
+def _query_block(T, H, GROUPS, BLOCK_M: tl.constexpr):
+    """This program's (batch, head) and query rows, for the kernels with grid (query blocks, B * H)."""
+    bh = tl.program_id(1)
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return bh, (bh // H).to(tl.int64), h, h // GROUPS, offs_m, offs_m < T
+
+
+@triton.jit
+def _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b, HALF: tl.constexpr,
+                     BLOCK_HALF: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """Scores (BLOCK_M, BLOCK_N) of the query tile against the key tile at start_n, which of them are real keys
+    (inside T, causal), the tile's rotated keys in q's dtype, and its key rows."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < T
+    k1, k2 = _load_rotated_halves(k_base, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+    k1 = k1.to(q1.dtype)
+    k2 = k2.to(q1.dtype)
+    s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION)
+    s += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
+    valid = n_mask[None, :]
+    if CAUSAL:
+        valid = valid & (offs_m[:, None] >= offs_n[None, :])
+    return s, valid, k1, k2, offs_n, n_mask
+
+
+@triton.jit
 def _fwd(Q, K, V, COS, SIN, OUT, LSE,
          sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, scb,
          T, H, GROUPS, qk_scale,
          HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
          PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUPS
-    b64 = b.to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b64, h, hk, offs_m, m_mask = _query_block(T, H, GROUPS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < T
     cos_b = COS + b64 * scb
     sin_b = SIN + b64 * scb
-    q1, q2 = _load_rotated_halves(Q + b64 * sqb + h * sqh, offs_m, sqt, m_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
+    q1, q2 = _load_query_halves(Q + b64 * sqb + h * sqh, offs_m, sqt, m_mask, cos_b, sin_b, qk_scale,
+                                HALF, BLOCK_HALF, ROPE)
     dtype = V.dtype.element_ty
-    # Fold scale * log2(e) into q so the softmax runs on exp2.
-    q1 = (q1 * qk_scale).to(dtype)
-    q2 = (q2 * qk_scale).to(dtype)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    hi = tl.minimum(T, (pid_m + 1) * BLOCK_M) if CAUSAL else T
+    hi = tl.minimum(T, (tl.program_id(0) + 1) * BLOCK_M) if CAUSAL else T
     k_base = K + b64 * skb + hk * skh
     v_base = V + b64 * svb + hk * svh
     for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < T
-        k1, k2 = _load_rotated_halves(k_base, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
-        s = tl.dot(q1, tl.trans(k1.to(dtype)), input_precision=PRECISION)
-        s += tl.dot(q2, tl.trans(k2.to(dtype)), input_precision=PRECISION)
-        valid = n_mask[None, :]
-        if CAUSAL:
-            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        s, valid, k1, k2, offs_n, n_mask = _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b,
+                                                            HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key at all
@@ -169,9 +191,7 @@ def _bwd_dkdv(Q, K, V, COS, SIN, DO, LSE, DELTA, DK, DV,
         for start_m in range(lo, T, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             m_mask = offs_m < T
-            q1, q2 = _load_rotated_halves(q_base, offs_m, sqt, m_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
-            q1 = (q1 * qk_scale).to(dtype)
-            q2 = (q2 * qk_scale).to(dtype)
+            q1, q2 = _load_query_halves(q_base, offs_m, sqt, m_mask, cos_b, sin_b, qk_scale, HALF, BLOCK_HALF, ROPE)
             # s^T (keys x queries), in log2 units
             st = tl.dot(k1, tl.trans(q1), input_precision=PRECISION)
             st += tl.dot(k2, tl.trans(q2), input_precision=PRECISION)
@@ -203,21 +223,13 @@ def _bwd_dq(Q, K, V, COS, SIN, DO, LSE, DELTA, DQ,
             HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
             PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUPS
-    b64 = b.to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b64, h, hk, offs_m, m_mask = _query_block(T, H, GROUPS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < T
     cos_b = COS + b64 * scb
     sin_b = SIN + b64 * scb
     dtype = V.dtype.element_ty
-    q1, q2 = _load_rotated_halves(Q + b64 * sqb + h * sqh, offs_m, sqt, m_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
-    q1 = (q1 * qk_scale).to(dtype)
-    q2 = (q2 * qk_scale).to(dtype)
+    q1, q2 = _load_query_halves(Q + b64 * sqb + h * sqh, offs_m, sqt, m_mask, cos_b, sin_b, qk_scale,
+                                HALF, BLOCK_HALF, ROPE)
     do = tl.load(DO + b64 * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :],
                  mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
     row_base = bh.to(tl.int64) * T
@@ -225,21 +237,13 @@ def _bwd_dq(Q, K, V, COS, SIN, DO, LSE, DELTA, DQ,
     delta = tl.load(DELTA + row_base + offs_m, mask=m_mask, other=0.0)
     dq1 = tl.zeros([BLOCK_M, BLOCK_HALF], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_HALF], tl.float32)
-    hi = tl.minimum(T, (pid_m + 1) * BLOCK_M) if CAUSAL else T
+    hi = tl.minimum(T, (tl.program_id(0) + 1) * BLOCK_M) if CAUSAL else T
     k_base = K + b64 * skb + hk * skh
     v_base = V + b64 * svb + hk * svh
     for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < T
-        k1, k2 = _load_rotated_halves(k_base, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
-        k1 = k1.to(dtype)
-        k2 = k2.to(dtype)
-        s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION)
-        s += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
-        valid = m_mask[:, None] & n_mask[None, :]
-        if CAUSAL:
-            valid = valid & (offs_m[:, None] >= offs_n[None, :])
-        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        s, valid, k1, k2, offs_n, n_mask = _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b,
+                                                            HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION)
+        p = tl.where(valid & m_mask[:, None], tl.exp2(s - lse[:, None]), 0.0)
         v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
                     mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +245,16 @@ def test_parallel_jobs_share_one_study_and_keep_only_the_best_checkpoint(tiny_te
 def test_jobs_must_be_positive(tiny_text, tmp_path):
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         _tune(tiny_text, tmp_path, {"inherit": False, "lr": [3e-3]}, trials=1, jobs=0)
+
+
+def test_the_shipped_configs_load():
+    """configs/: the README's search spaces parse, and the config the study found trains as a --config file."""
+    if sys.version_info < (3, 11):
+        pytest.importorskip("tomli")
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    spaces = sorted(configs.glob("*.toml"))
+    assert spaces
+    for path in spaces:
+        assert parse_space(load_space(path))
+    tuned = load_config(str(configs / "lite-tuned.json"))
+    assert (tuned.model.n_layer, tuned.model.n_embd, tuned.train.time_limit) == (3, 160, 1140.0)

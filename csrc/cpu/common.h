@@ -1,5 +1,6 @@
 // Pieces shared by the CPU attention kernels: strided row views, RoPE cos/sin tables and rotation on load, a
-// vectorisable exp, and the multiversioning macro (AVX-512 / AVX2 / baseline clones picked at run time).
+// vectorisable exp and the online-softmax update built on it, and the multiversioning macro (AVX-512 / AVX2 /
+// baseline clones picked at run time).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,6 +10,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -19,6 +21,11 @@
 #endif
 
 #define PYGPT_INLINE inline __attribute__((always_inline))
+
+// A kernel's per-task function compiled for AVX-512, AVX2 and baseline x86-64, picked at run time. target_clones
+// needs concrete functions, not templates: one per (task, dtype).
+#define PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, scalar_t, acc_t) \
+  PYGPT_MULTIVERSION void name(const Args<scalar_t>& a, int64_t task, Scratch<acc_t>& w) { task_fn(a, task, w); }
 
 namespace pygpt::cpu {
 
@@ -40,6 +47,42 @@ PYGPT_INLINE float exp_vec(float x) {
   return p * std::bit_cast<float>(bits);
 }
 PYGPT_INLINE double exp_vec(double x) { return std::exp(x); }
+
+// ---- softmax pieces shared by the attention kernels ------------------------------------------------------------
+
+// Score rows are padded to a multiple of kLanes (their row stride) and the loops below run over the padded
+// width n, masking with a select: no scalar remainder loop, whose exp would cost more than the vector body.
+// Entries outside the valid ones may hold anything (even NaN): they are computed on but never selected. The
+// loops vectorise because the kernels are compiled with -fno-trapping-math (CMakeLists.txt: otherwise GCC
+// keeps exp's floor and selects scalar), and `omp simd reduction` lets the compiler reorder the float sums.
+constexpr int64_t kLanes = 16;
+inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// Online-softmax update of one score row s[0..n) whose entries [lo, hi) are valid (none when lo >= hi): s becomes
+// p = exp(s - m_new) (0 outside [lo, hi)); returns the factor exp(m_old - m_new) that rescales the running sum
+// l and the output row.
+template <typename acc_t>
+PYGPT_INLINE acc_t softmax_update(acc_t* __restrict__ s, int64_t n, int64_t lo, int64_t hi, acc_t& m, acc_t& l) {
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  acc_t tile_max = kNegInf;
+#pragma omp simd reduction(max : tile_max)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t x = s[j];
+    tile_max = std::max(tile_max, j >= lo && j < hi ? x : kNegInf);
+  }
+  const acc_t m_new = std::max(m, tile_max);
+  const acc_t rescale = m == kNegInf ? acc_t(0) : exp_vec(m - m_new);
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t p = exp_vec(s[j] - m_new);
+    s[j] = j >= lo && j < hi ? p : acc_t(0);
+    sum += s[j];
+  }
+  m = m_new;
+  l = l * rescale + sum;
+  return rescale;
+}
 
 // Strided view of a (B, T, heads, D) tensor with a contiguous last dimension.
 template <typename scalar_t>

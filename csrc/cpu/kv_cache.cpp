@@ -112,79 +112,130 @@ void kv_evict_cpu(at::Tensor& lengths, at::Tensor& starts, const at::Tensor& cou
 
 // ---- decode attention ---------------------------------------------------------------------------------------
 
+constexpr int64_t kDecodeKeyTile = 256;  // keys per step of the online softmax
+
 template <typename scalar_t>
-void decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
-                 at::Tensor& v_cache, const int32_t* len, const int32_t* st, double scale, double base, bool rope,
-                 at::Tensor& out, at::Tensor& k_rot) {
+struct DecodeArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  Rows<const scalar_t> Q, Kn, Vn;  // the new tokens' q (B, Tn, H, D), k and v (B, Tn, Hkv, D)
+  Rows<scalar_t> O, Kr;            // the output; the rotated new keys, appended after the attention
+  const scalar_t *kc, *vc;         // the caches (B, Hkv, C, D)
+  const int32_t *len, *st;
+  int64_t Tn, Hkv, C, D, groups;
+  acc_t scale;
+  double base;
+  bool rope;
+};
+
+template <typename acc_t>
+struct DecodeScratch {
+  std::vector<acc_t> q, kn, vn, s, acc, m, l;
+  DecodeScratch(int64_t rows, int64_t Tn, int64_t D)
+      : q(rows * D), kn(Tn * D), vn(Tn * D), s(padded(kDecodeKeyTile)), acc(rows * D), m(rows), l(rows) {}
+};
+
+// One online-softmax step of every query row over kt keys at consecutive positions pos0.., rows of K and V
+// D apart (a run of ring slots of the cache, or the new tokens). Query row r is token r / groups at position
+// first_pos + r / groups = p and sees the keys of (p - C, p]. Keys are converted as they are read (bf16/fp16
+// caches are never copied to float).
+template <typename key_t, typename acc_t>
+PYGPT_INLINE void attend_keys(const key_t* __restrict__ K, const key_t* __restrict__ V, int64_t kt, int64_t pos0,
+                              int64_t first_pos, int64_t groups, int64_t rows, int64_t C, int64_t D,
+                              DecodeScratch<acc_t>& w) {
+  acc_t* __restrict__ s = w.s.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = first_pos + r / groups;
+    const int64_t lo = std::max<int64_t>(p - C + 1 - pos0, 0), hi = std::min<int64_t>(p + 1 - pos0, kt);
+    if (lo >= hi) continue;
+    const acc_t* __restrict__ q = w.q.data() + r * D;
+    for (int64_t j = lo; j < hi; ++j) {
+      const key_t* k = K + j * D;
+      acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < D; ++d) dot += q[d] * static_cast<acc_t>(k[d]);
+      s[j] = dot;
+    }
+    const acc_t rescale = softmax_update(s, padded(hi), lo, hi, w.m[r], w.l[r]);
+    acc_t* __restrict__ o = w.acc.data() + r * D;
+    if (rescale != acc_t(1))
+      for (int64_t d = 0; d < D; ++d) o[d] *= rescale;
+    for (int64_t j = lo; j < hi; ++j) {
+      const acc_t pj = s[j];
+      const key_t* v = V + j * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] += pj * static_cast<acc_t>(v[d]);
+    }
+  }
+}
+
+// One task: (b, kv head hk), the Tn new tokens of every query head of the group, over the window of the cache
+// and the new keys themselves.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+PYGPT_INLINE void decode_task(const DecodeArgs<scalar_t>& a, int64_t task, DecodeScratch<acc_t>& w) {
+  const int64_t b = task / a.Hkv, hk = task % a.Hkv, Tn = a.Tn, D = a.D, C = a.C, groups = a.groups;
+  const int64_t rows = groups * Tn, len = a.len[b];
+  std::optional<at::Tensor> pos;  // RoPE tables for the Tn new positions of this sequence
+  if (a.rope) pos = at::arange(len, len + Tn, at::TensorOptions().dtype(at::kLong));
+  const RopeTable<acc_t> table = a.rope ? RopeTable<acc_t>(*pos, 0, Tn, D, a.base) : RopeTable<acc_t>();
+  for (int64_t t = 0; t < Tn; ++t) {
+    for (int64_t g = 0; g < groups; ++g)
+      load_rotated(a.Q.row(b, t, hk * groups + g), D, table, t, a.scale, w.q.data() + (t * groups + g) * D);
+    load_rotated(a.Kn.row(b, t, hk), D, table, t, acc_t(1), w.kn.data() + t * D);
+    const scalar_t* vr = a.Vn.row(b, t, hk);
+    scalar_t* kr = a.Kr.row(b, t, hk);
+    for (int64_t d = 0; d < D; ++d) {
+      w.vn[t * D + d] = static_cast<acc_t>(vr[d]);
+      kr[d] = static_cast<scalar_t>(w.kn[t * D + d]);
+    }
+  }
+  std::fill(w.acc.begin(), w.acc.end(), acc_t(0));
+  std::fill(w.m.begin(), w.m.end(), -std::numeric_limits<acc_t>::infinity());
+  std::fill(w.l.begin(), w.l.end(), acc_t(0));
+  // Cached positions [lo, len): runs of consecutive ring slots, cut where the ring wraps and into tiles.
+  const int64_t lo = std::max<int64_t>(a.st[b], len - C + 1);  // the oldest position any new token sees
+  const scalar_t* kc = a.kc + (b * a.Hkv + hk) * C * D;
+  const scalar_t* vc = a.vc + (b * a.Hkv + hk) * C * D;
+  for (int64_t p0 = lo; p0 < len;) {
+    const int64_t slot = p0 % C, kt = std::min({kDecodeKeyTile, len - p0, C - slot});
+    attend_keys(kc + slot * D, vc + slot * D, kt, p0, len, groups, rows, C, D, w);
+    p0 += kt;
+  }
+  for (int64_t j0 = 0; j0 < Tn; j0 += kDecodeKeyTile)  // the new tokens, causally among themselves
+    attend_keys(w.kn.data() + j0 * D, w.vn.data() + j0 * D, std::min(kDecodeKeyTile, Tn - j0), len + j0, len,
+                groups, rows, C, D, w);
+  for (int64_t t = 0; t < Tn; ++t)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t r = t * groups + g;
+      const acc_t inv_l = acc_t(1) / w.l[r];
+      scalar_t* o = a.O.row(b, t, hk * groups + g);
+      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(w.acc[r * D + d] * inv_l);
+    }
+}
+
+PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, float, float)
+PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, double, double)
+PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, at::Half, float)
+PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, at::BFloat16, float)
+
+template <typename scalar_t>
+void decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
+                 const at::Tensor& v_cache, const int32_t* len, const int32_t* st, double scale, double base,
+                 bool rope, at::Tensor& out, at::Tensor& k_rot) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = q.size(0), Tn = q.size(1), H = q.size(2), D = q.size(3);
   const int64_t Hkv = k_cache.size(1), C = k_cache.size(2), groups = H / Hkv;
-  const auto Q = Rows<const scalar_t>{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), q.stride(2)};
-  const auto Kn = Rows<const scalar_t>{k.data_ptr<scalar_t>(), k.stride(0), k.stride(1), k.stride(2)};
-  const auto Vn = Rows<const scalar_t>{v.data_ptr<scalar_t>(), v.stride(0), v.stride(1), v.stride(2)};
-  const auto O = rows_of<scalar_t>(out);
-  const auto Kr = rows_of<scalar_t>(k_rot);  // rotated new keys (B, Tn, Hkv, D), appended afterwards
-  const scalar_t* kc = k_cache.data_ptr<scalar_t>();
-  const scalar_t* vc = v_cache.data_ptr<scalar_t>();
-
+  const DecodeArgs<scalar_t> args{
+      Rows<const scalar_t>{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), q.stride(2)},
+      Rows<const scalar_t>{k.data_ptr<scalar_t>(), k.stride(0), k.stride(1), k.stride(2)},
+      Rows<const scalar_t>{v.data_ptr<scalar_t>(), v.stride(0), v.stride(1), v.stride(2)},
+      rows_of<scalar_t>(out), rows_of<scalar_t>(k_rot), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
+      len, st, Tn, Hkv, C, D, groups, static_cast<acc_t>(scale), base, rope};
   // A decode step is tiny (one token): run it on the calling thread unless there is real work to share.
   const int64_t work_per_task = (std::min<int64_t>(C, 1 + len[0]) + Tn) * groups * Tn * D;
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, work_per_task));
   at::parallel_for(0, B * Hkv, grain, [&](int64_t begin, int64_t end) {
-    const int64_t R = groups * Tn;  // query rows of one task: every (token, head of the group)
-    std::vector<acc_t> qs(R * D), kn(Tn * D), vn(Tn * D), acc(R * D), m(R), l(R), s(R), row(D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Hkv, hk = task % Hkv;
-      // RoPE tables for the Tn new positions of this sequence.
-      std::optional<at::Tensor> pos;
-      if (rope) pos = at::arange(len[b], len[b] + Tn, at::TensorOptions().dtype(at::kLong));
-      const RopeTable<acc_t> table = rope ? RopeTable<acc_t>(*pos, 0, Tn, D, base) : RopeTable<acc_t>();
-      for (int64_t t = 0; t < Tn; ++t) {
-        for (int64_t g = 0; g < groups; ++g)
-          load_rotated(Q.row(b, t, hk * groups + g), D, table, t, static_cast<acc_t>(scale),
-                       qs.data() + (t * groups + g) * D);
-        load_rotated(Kn.row(b, t, hk), D, table, t, acc_t(1), kn.data() + t * D);
-        const scalar_t* vr = Vn.row(b, t, hk);
-        for (int64_t d = 0; d < D; ++d) vn[t * D + d] = static_cast<acc_t>(vr[d]);
-        scalar_t* kr = Kr.row(b, t, hk);
-        for (int64_t d = 0; d < D; ++d) kr[d] = static_cast<scalar_t>(kn[t * D + d]);
-      }
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      std::fill(m.begin(), m.end(), -std::numeric_limits<acc_t>::infinity());
-      std::fill(l.begin(), l.end(), acc_t(0));
-      // Online softmax over one key (position kp) for every row that can see it.
-      auto visit = [&](int64_t kp, const acc_t* key, const auto* value, int64_t first_t) {
-        for (int64_t t = first_t; t < Tn; ++t) {
-          const int64_t p = len[b] + t;
-          if (kp > p || kp <= p - C) continue;  // causal, and inside the window of the last C positions
-          for (int64_t g = 0; g < groups; ++g) {
-            const int64_t r = t * groups + g;
-            const acc_t* qr = qs.data() + r * D;
-            acc_t dot = 0;
-            for (int64_t d = 0; d < D; ++d) dot += qr[d] * key[d];
-            const acc_t m_new = std::max(m[r], dot);
-            const acc_t rescale = std::exp(m[r] - m_new), w = std::exp(dot - m_new);
-            l[r] = l[r] * rescale + w;
-            acc_t* a = acc.data() + r * D;
-            for (int64_t d = 0; d < D; ++d) a[d] = a[d] * rescale + w * static_cast<acc_t>(value[d]);
-            m[r] = m_new;
-          }
-        }
-      };
-      const int64_t lo = std::max<int64_t>(st[b], len[b] - C + 1);  // oldest position any new token sees
-      for (int64_t kp = lo; kp < len[b]; ++kp) {
-        const int64_t slot = ((b * Hkv + hk) * C + kp % C) * D;
-        for (int64_t d = 0; d < D; ++d) row[d] = static_cast<acc_t>(kc[slot + d]);
-        visit(kp, row.data(), vc + slot, 0);
-      }
-      for (int64_t t = 0; t < Tn; ++t) visit(len[b] + t, kn.data() + t * D, vn.data() + t * D, t);
-      for (int64_t t = 0; t < Tn; ++t)
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t r = t * groups + g;
-          scalar_t* o = O.row(b, t, hk * groups + g);
-          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[r * D + d] / l[r]);
-        }
-    }
+    DecodeScratch<acc_t> scratch(groups * Tn, Tn, D);
+    for (int64_t task = begin; task < end; ++task) run_decode_task(args, task, scratch);
   });
 }
 

@@ -37,42 +37,10 @@ using namespace cpu;
 constexpr int64_t kQueryBlock = 64;  // query rows per task (per head)
 constexpr int64_t kKeyTile = 256;    // keys per step of the online softmax
 
-// ---- softmax pieces -------------------------------------------------------------------------------------
+// ---- softmax pieces ----------------------------------------------------------------------------------------
 
-// Score rows are padded to a multiple of kLanes (their row stride) and the loops below run over the padded
-// width n, masking with a select: no scalar remainder loop, whose exp would cost more than the vector body.
-// Entries past the valid ones may hold anything (even NaN): they are computed on but never selected. The
-// loops vectorise because the kernels are compiled with -fno-trapping-math (CMakeLists.txt: otherwise GCC
-// keeps exp's floor and selects scalar), and `omp simd reduction` lets the compiler reorder the float sums.
-constexpr int64_t kLanes = 16;
-inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
-
-// Online-softmax update of one score row s[0..n) with `valid` unmasked entries: s becomes p = exp(s - m_new)
-// (0 where masked); returns the factor exp(m_old - m_new) that rescales the running sum l and the output row.
-template <typename acc_t>
-PYGPT_INLINE acc_t softmax_update(acc_t* __restrict__ s, int64_t n, int64_t valid, acc_t& m, acc_t& l) {
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  acc_t tile_max = kNegInf;
-#pragma omp simd reduction(max : tile_max)
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t x = s[j];
-    tile_max = std::max(tile_max, j < valid ? x : kNegInf);
-  }
-  const acc_t m_new = std::max(m, tile_max);
-  const acc_t rescale = m == kNegInf ? acc_t(0) : exp_vec(m - m_new);
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t p = exp_vec(s[j] - m_new);
-    s[j] = j < valid ? p : acc_t(0);
-    sum += s[j];
-  }
-  m = m_new;
-  l = l * rescale + sum;
-  return rescale;
-}
-
-// Backward: p = exp(s - lse) on the valid entries (0 elsewhere), then ds = p * (dp - delta); n as above.
+// Backward: p = exp(s - lse) on the valid entries (0 elsewhere), then ds = p * (dp - delta); n padded as for
+// softmax_update (common.h), the forward's online update.
 template <typename acc_t>
 PYGPT_INLINE void softmax_grad(acc_t* __restrict__ s, acc_t* __restrict__ dp, int64_t n, int64_t valid, acc_t lse,
                                acc_t delta) {
@@ -195,7 +163,7 @@ PYGPT_INLINE void forward_task(const ForwardArgs<scalar_t>& a, int64_t task, For
     for (int64_t row = 0; row < M; ++row) {
       const int64_t i = i0 + row % nr;
       const int64_t valid = a.causal ? std::clamp<int64_t>(i + 1 - j0, 0, kt) : kt;
-      const acc_t rescale = softmax_update(S + row * ld, ld, valid, w.m[row], w.l[row]);
+      const acc_t rescale = softmax_update(S + row * ld, ld, 0, valid, w.m[row], w.l[row]);
       if (rescale != acc_t(1))
         for (int64_t d = 0; d < D; ++d) Ot[row * D + d] *= rescale;
     }
@@ -211,11 +179,7 @@ PYGPT_INLINE void forward_task(const ForwardArgs<scalar_t>& a, int64_t task, For
 }
 
 // The tasks are compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time (the loops around the
-// GEMMs - rotation, conversion, softmax - are a large share of the time at small head_dim). target_clones
-// needs concrete functions, not templates: one per (task, dtype).
-#define PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, scalar_t, acc_t) \
-  PYGPT_MULTIVERSION void name(const Args<scalar_t>& a, int64_t task, Scratch<acc_t>& w) { task_fn(a, task, w); }
-
+// GEMMs - rotation, conversion, softmax - are a large share of the time at small head_dim): PYGPT_CLONED_TASK.
 PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, float, float)
 PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, double, double)
 PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, at::Half, float)

@@ -69,19 +69,22 @@ class Engine:
         cache = KVCache.for_model(self.model, B, dtype=self._cache_dtype())
         with self._autocast():
             last = torch.stack([self._prefill(cache.rows(b), ids) for b, ids in enumerate(prompts)])  # (B, V)
-        history = [list(p) for p in prompts]
+        # Only a model that cannot slide needs the ids on the host (to recompute its cropped context); a RoPE
+        # model's loop never reads a device value back, so on CUDA the next step is queued while this one runs.
+        history = None if self.sliding else [list(p) for p in prompts]
         step = self._make_step(cache)
         for i in range(max_new_tokens):
             next_ids = pick(last)
             yield next_ids
             if i == max_new_tokens - 1:
                 break
-            for b in range(B):
-                history[b].append(int(next_ids[b]))
-            if not self.sliding and int(cache.lengths[0].max()) >= self.block_size:
-                last = self._recompute_last(history)  # learned positions can't slide
-            else:
-                last = step(next_ids)
+            if history is not None:
+                for b in range(B):
+                    history[b].append(int(next_ids[b]))
+                if int(cache.lengths[0].max()) >= self.block_size:
+                    last = self._recompute_last(history)  # learned positions can't slide
+                    continue
+            last = step(next_ids)
 
     def _prefill(self, cache_row: KVCache, ids: list[int]) -> torch.Tensor:
         """Run the (cropped) prompt through the model into one sequence's cache; return its last logits (V,)."""
