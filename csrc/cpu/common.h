@@ -26,6 +26,12 @@
 // needs concrete functions, not templates: one per (task, dtype).
 #define PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, scalar_t, acc_t) \
   PYGPT_MULTIVERSION void name(const Args<scalar_t>& a, int64_t task, Scratch<acc_t>& w) { task_fn(a, task, w); }
+// ... for each dtype the kernels take (fp16/bf16 compute in float).
+#define PYGPT_CLONED_TASKS(name, task_fn, Args, Scratch)                  \
+  PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, float, float)           \
+  PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, double, double)         \
+  PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, at::Half, float)        \
+  PYGPT_CLONED_TASK(name, task_fn, Args, Scratch, at::BFloat16, float)
 
 namespace pygpt::cpu {
 

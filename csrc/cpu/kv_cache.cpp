@@ -212,10 +212,7 @@ PYGPT_INLINE void decode_task(const DecodeArgs<scalar_t>& a, int64_t task, Decod
     }
 }
 
-PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, float, float)
-PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, double, double)
-PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, at::Half, float)
-PYGPT_CLONED_TASK(run_decode_task, decode_task, DecodeArgs, DecodeScratch, at::BFloat16, float)
+PYGPT_CLONED_TASKS(run_decode_task, decode_task, DecodeArgs, DecodeScratch)
 
 template <typename scalar_t>
 void decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,

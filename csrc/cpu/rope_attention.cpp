@@ -180,10 +180,7 @@ PYGPT_INLINE void forward_task(const ForwardArgs<scalar_t>& a, int64_t task, For
 
 // The tasks are compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time (the loops around the
 // GEMMs - rotation, conversion, softmax - are a large share of the time at small head_dim): PYGPT_CLONED_TASK.
-PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, float, float)
-PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, double, double)
-PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, at::Half, float)
-PYGPT_CLONED_TASK(run_forward_task, forward_task, ForwardArgs, ForwardScratch, at::BFloat16, float)
+PYGPT_CLONED_TASKS(run_forward_task, forward_task, ForwardArgs, ForwardScratch)
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -303,10 +300,7 @@ PYGPT_INLINE void backward_task(const BackwardArgs<scalar_t>& a, int64_t task, B
   }
 }
 
-PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, float, float)
-PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, double, double)
-PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, at::Half, float)
-PYGPT_CLONED_TASK(run_backward_task, backward_task, BackwardArgs, BackwardScratch, at::BFloat16, float)
+PYGPT_CLONED_TASKS(run_backward_task, backward_task, BackwardArgs, BackwardScratch)
 
 template <typename scalar_t>
 void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
