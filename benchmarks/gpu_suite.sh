@@ -31,10 +31,11 @@ step() {
   local log=$1 limit=$2 title=$3
   shift 3
   note "== $title"
-  local start=$SECONDS
+  local start=$SECONDS before
+  before=$(stat -c %s "$log" 2>/dev/null || echo 0)
   timeout "$limit" "$@" >> "$log" 2>&1
   local rc=$?
-  tail -n "${TAIL:-14}" "$log" | tee -a "$summary"
+  tail -c +"$((before + 1))" "$log" | tail -n "${TAIL:-14}" | tee -a "$summary"
   note "   ($title: exit $rc, $((SECONDS - start)) s)"
   echo >> "$log"
 }
@@ -80,9 +81,11 @@ heavy() {
     return 1
   fi
   # Both runs: the heavy preset as is (max_iters 5000, early stopping), with a time limit that still scores
-  # the best checkpoint if a run is slower than expected.
+  # the best checkpoint if a run is slower than expected. HEAVY_SET="key=value ..." adds overrides (a CPU smoke
+  # test of this script: HEAVY_SET="max_iters=20 eval_interval=10 eval_iters=2" with a small PYGPT_DATA).
   local train=($py -m pygpt.cli train --config heavy --data "$data" --no-progress --time-limit "${HEAVY_LIMIT:-270}"
                --set log_dir="$work/logs")
+  for override in ${HEAVY_SET:-}; do train+=(--set "$override"); done
   TAIL=4 step "$log" 330 "heavy, fused kernels" env PYGPT_BACKEND=auto "${train[@]}" --out "$work/heavy-fused"
   TAIL=5 step "$log" 120 "generate, heavy model" $py -m pygpt.cli bench generate --checkpoint "$work/heavy-fused/best"
   TAIL=4 step "$log" 330 "heavy, Torch reference path" env PYGPT_BACKEND=reference "${train[@]}" \
