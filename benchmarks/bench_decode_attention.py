@@ -35,9 +35,9 @@ def torch_decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache
     Hkv, C = k_cache.shape[1], k_cache.shape[2]
     pos = lengths.long()
     q, k = rotary_reference(q, pos[:, None]), rotary_reference(k, pos[:, None])
-    batch = torch.arange(B, device=q.device)
-    k_cache[batch, :, pos % C] = k[:, 0]
-    v_cache[batch, :, pos % C] = v[:, 0]
+    batch, slot = torch.arange(B, device=q.device), pos % C
+    k_cache[batch, :, slot] = k[:, 0]
+    v_cache[batch, :, slot] = v[:, 0]
     lengths += 1
     torch.maximum(starts, lengths - C, out=starts)
     # Slot s holds the newest position p' <= pos with p' = s (mod C); it is valid from starts on.
