@@ -2,8 +2,9 @@
 
 Stage 1 (_partial, grid B*Hkv x splits): the query rows of one kv head - every new token t < Tn times every query
 head of the group, so each cached key is read once for the whole group - are rotated at their positions
-lengths + t; the program walks its share of the keys (old cache positions [lo, lengths) at slot p % C, then the
-Tn new keys rotated in the kernel), with the online softmax, and writes a partial (acc, max, sum).
+lengths + t; the program walks its share of the cached keys (positions [lo, lengths) at slot p % C, read in the
+cache's dtype and fed to tensor-core dots as stored), and the last split also the Tn new keys, rotated in the
+kernel; with the online softmax, each split writes a partial (acc, max, sum).
 Stage 2 (_merge, grid B*Hkv): combines the splits into the output and appends the rotated new keys and the
 values to the cache. The counters advance in a last tiny launch (kernels/kv_cache.py), after every read.
 
@@ -38,11 +39,36 @@ def _rotate(x1, x2, pos, INV_FREQ, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
 
 
 @triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+    """a @ b in fp32. DOT_F32 widens the operands first (exactly): Triton's CPU interpreter multiplies the bit
+    patterns of bf16 operands, so the tests of a bf16 cache need it; compiled kernels never set it."""
+    if DOT_F32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+    """One online-softmax step of the query rows (BLOCK_R, .) over a key tile; scores in log2 units."""
+    s = _dot(q1, tl.trans(k1), PRECISION, DOT_F32) + _dot(q2, tl.trans(k2), PRECISION, DOT_F32)
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, DOT_F32)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML,
              sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
              Hkv, C, Tn, GROUPS, qk_scale, CHUNK, NSPLIT,
              HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, ROPE: tl.constexpr):
+             BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, ROPE: tl.constexpr,
+             PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
     bhk = tl.program_id(0)
     split = tl.program_id(1)
     b = bhk // Hkv
@@ -52,7 +78,7 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML,
     start = tl.load(START + b)
     lo = tl.maximum(start, length - C + 1)  # oldest position any new token can see
     n_old = length - lo
-    n_total = n_old + Tn
+    ty = KC.dtype.element_ty
 
     r = tl.arange(0, BLOCK_R)
     t = r // GROUPS
@@ -68,45 +94,39 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML,
     q1 = tl.load(q_ptr, mask=qm, other=0.0).to(tl.float32)
     q2 = tl.load(q_ptr + HALF, mask=qm, other=0.0).to(tl.float32)
     q1, q2 = _rotate(q1, q2, p_row, INV_FREQ, HALF, BLOCK_HALF, ROPE)
-    q1 = q1 * qk_scale
-    q2 = q2 * qk_scale
+    # In the cache's dtype, so the dots run on tensor cores against keys read as they are stored.
+    q1 = (q1 * qk_scale).to(ty)
+    q2 = (q2 * qk_scale).to(ty)
 
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     cache_base = (b64 * Hkv + hk) * C
-    for j0 in range(split * CHUNK, (split + 1) * CHUNK, BLOCK_N):
+    # The cached keys (already rotated): old position lo + j at slot (lo + j) % C, this split's share of them.
+    for j0 in range(split * CHUNK, tl.minimum((split + 1) * CHUNK, n_old), BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
-        in_range = j < n_total
-        is_old = j < n_old
-        is_new = in_range & (j >= n_old)
-        kp = tl.where(is_old, lo + j, length + (j - n_old))  # key positions
-        tn = tl.where(is_new, j - n_old, 0)
-        old_off = (cache_base + kp % C)[:, None] * D
-        om = (is_old & in_range)[:, None] & hmask[None, :]
-        nm = is_new[:, None] & hmask[None, :]
-        k_new_ptr = KN + b64 * skb + tn[:, None] * skt + hk * skh + i[None, :]
-        nk1 = tl.load(k_new_ptr, mask=nm, other=0.0).to(tl.float32)
-        nk2 = tl.load(k_new_ptr + HALF, mask=nm, other=0.0).to(tl.float32)
-        nk1, nk2 = _rotate(nk1, nk2, kp, INV_FREQ, HALF, BLOCK_HALF, ROPE)
-        k1 = tl.where(om, tl.load(KC + old_off + i[None, :], mask=om, other=0.0).to(tl.float32), nk1)
-        k2 = tl.where(om, tl.load(KC + old_off + HALF + i[None, :], mask=om, other=0.0).to(tl.float32), nk2)
-        s = tl.dot(q1, tl.trans(k1), input_precision="ieee") + tl.dot(q2, tl.trans(k2), input_precision="ieee")
-        visible = in_range[None, :] & r_mask[:, None] & (kp[None, :] <= p_row[:, None]) & \
-            (kp[None, :] > p_row[:, None] - C)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vom = (is_old & in_range)[:, None] & dmask[None, :]
-        vnm = is_new[:, None] & dmask[None, :]
-        v_old = tl.load(VC + (cache_base + kp % C)[:, None] * D + d[None, :], mask=vom, other=0.0)
-        v_new = tl.load(VN + b64 * svb + tn[:, None] * svt + hk * svh + d[None, :], mask=vnm, other=0.0)
-        v = tl.where(vom, v_old.to(tl.float32), v_new.to(tl.float32))
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        m_i = m_new
+        kp = lo + j
+        row = (cache_base + kp % C)[:, None] * D
+        km = (j < n_old)[:, None] & hmask[None, :]
+        k1 = tl.load(KC + row + i[None, :], mask=km, other=0.0)
+        k2 = tl.load(KC + row + HALF + i[None, :], mask=km, other=0.0)
+        v = tl.load(VC + row + d[None, :], mask=(j < n_old)[:, None] & dmask[None, :], other=0.0)
+        # Every old key precedes every query row; a later row no longer sees the keys C or more behind it.
+        visible = (j < n_old)[None, :] & r_mask[:, None] & (kp[None, :] > p_row[:, None] - C)
+        m_i, l_i, acc = _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION, DOT_F32)
+    # The Tn new keys, rotated here at positions length + t: once, by the last split.
+    if split == NSPLIT - 1:
+        tt = tl.arange(0, BLOCK_T)
+        t_mask = tt < Tn
+        k_ptr = KN + b64 * skb + tt[:, None] * skt + hk * skh + i[None, :]
+        nm = t_mask[:, None] & hmask[None, :]
+        k1 = tl.load(k_ptr, mask=nm, other=0.0).to(tl.float32)
+        k2 = tl.load(k_ptr + HALF, mask=nm, other=0.0).to(tl.float32)
+        k1, k2 = _rotate(k1, k2, length + tt, INV_FREQ, HALF, BLOCK_HALF, ROPE)
+        v = tl.load(VN + b64 * svb + tt[:, None] * svt + hk * svh + d[None, :],
+                    mask=t_mask[:, None] & dmask[None, :], other=0.0).to(ty)
+        visible = t_mask[None, :] & r_mask[:, None] & (tt[None, :] <= t[:, None]) & (tt[None, :] > t[:, None] - C)
+        m_i, l_i, acc = _attend_tile(q1, q2, k1.to(ty), k2.to(ty), v, visible, m_i, l_i, acc, PRECISION, DOT_F32)
     ws = (bhk * NSPLIT + split).to(tl.int64)
     tl.store(WS_ACC + (ws * BLOCK_R + r[:, None]) * BLOCK_D + d[None, :], acc)
     tl.store(WS_ML + (ws * 2) * BLOCK_R + r, m_i)
@@ -167,6 +187,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _tile(dtype: torch.dtype) -> tuple[int, int]:
+    """(BLOCK_N keys a step, num_warps) of _partial, as compiled for sm_90 by pygpt.triton_aot: no spills in
+    fp16/bf16; fp32's exact IEEE dots (no tensor cores) spill a little at any tile, least with these."""
+    if _interpreting():
+        return 16, 1
+    return (16, 8) if dtype == torch.float32 else (64, 4)
+
+
 def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                                  v_cache: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, scale: float,
                                  inv_freq: torch.Tensor, rope: bool) -> torch.Tensor:
@@ -179,10 +207,12 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     block_half = max(16, triton.next_power_of_2(half))
     block_d = 2 * block_half if 2 * half == D else max(16, triton.next_power_of_2(D))
     block_r = max(16, triton.next_power_of_2(Tn * groups))
-    block_n = 16 if _interpreting() else 64
-    # Splits: enough programs to fill the GPU for long caches, fixed by the capacity alone (graph-safe).
-    chunk = max(block_n, triton.cdiv(triton.cdiv(C + Tn, max(1, 256 // max(1, B * Hkv))), block_n) * block_n)
-    nsplit = triton.cdiv(C + Tn, chunk)
+    block_n, warps = _tile(q.dtype)
+    block_t = max(16, triton.next_power_of_2(Tn))
+    # Splits of the C - 1 cached keys a step can see: enough programs to fill the GPU for long caches, fixed by
+    # the capacity alone (graph-safe). The last split also takes the Tn new keys.
+    chunk = max(block_n, triton.cdiv(triton.cdiv(C, max(1, 256 // max(1, B * Hkv))), block_n) * block_n)
+    nsplit = triton.cdiv(C, chunk)
     ws_acc = torch.empty(B * Hkv * nsplit * block_r * block_d, device=q.device, dtype=torch.float32)
     ws_ml = torch.empty(B * Hkv * nsplit * 2 * block_r, device=q.device, dtype=torch.float32)
     common = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_R=block_r, ROPE=rope)
@@ -190,11 +220,13 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         q, k, v, k_cache, v_cache, lengths, starts, inv_freq, ws_acc, ws_ml,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, scale * LOG2E, chunk, nsplit,
-        BLOCK_N=block_n, num_warps=1 if _interpreting() else 4, **common)
+        BLOCK_N=block_n, BLOCK_T=block_t, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_F32=_interpreting() and q.dtype == torch.bfloat16,
+        num_warps=warps, **common)
     _merge[(B * Hkv,)](
         out, k, v, k_cache, v_cache, lengths, inv_freq, ws_acc, ws_ml,
         out.stride(0), out.stride(1), out.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, nsplit,
-        BLOCK_T=max(16, triton.next_power_of_2(Tn)), num_warps=1 if _interpreting() else 4, **common)
+        BLOCK_T=block_t, num_warps=warps, **common)
     advance_counters_triton(lengths, starts, Tn, C)
     return out

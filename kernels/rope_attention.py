@@ -258,15 +258,30 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(D: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps). Small tiles under the CPU interpreter, where each tile op is numpy."""
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, by head dim and dtype, for Hopper. Chosen so that no
+# kernel needs more shared memory than a block may have (227 KB) and none spills registers, as compiled ahead of
+# time for sm_90 by pygpt.triton_aot (`python -m pygpt.triton_aot --only attention` prints what each one costs).
+# fp32 runs its dots in exact IEEE fp32 (no tensor cores): small tiles. _bwd_dkdv holds BLOCK_N keys and loops
+# over BLOCK_M queries; _bwd_dq holds BLOCK_M queries and loops over BLOCK_N keys.
+Config = tuple[int, int, int, int]
+_CONFIGS: dict[str, dict[tuple[int, bool], Config]] = {
+    #            (head dim up to, fp32?): config
+    "fwd": {(64, False): (128, 64, 4, 3), (128, False): (128, 64, 8, 3), (256, False): (64, 32, 8, 3),
+            (64, True): (32, 32, 4, 2), (128, True): (32, 16, 4, 2), (256, True): (16, 16, 8, 2)},
+    "dkdv": {(64, False): (64, 64, 8, 3), (128, False): (32, 64, 8, 2), (256, False): (16, 32, 8, 2),
+             (64, True): (16, 64, 8, 2), (128, True): (16, 16, 4, 2), (256, True): (16, 16, 8, 2)},
+    "dq": {(64, False): (64, 64, 4, 3), (128, False): (64, 64, 8, 3), (256, False): (32, 32, 8, 2),
+           (64, True): (64, 32, 8, 2), (128, True): (32, 16, 4, 2), (256, True): (16, 16, 8, 2)},
+}
+
+
+def _config(kernel: str, D: int, dtype: torch.dtype) -> Config:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of ``kernel`` in {fwd, dkdv, dq}. Small tiles under the CPU
+    interpreter, where each tile op is a numpy call."""
     if _interpreting():
-        return 16, 16, 1
-    if D <= 64:
-        return 128, 64, 4
-    if D <= 128:
-        return 128, 64, 8
-    return 64, 32, 8
+        return 16, 16, 1, 1
+    fp32 = dtype == torch.float32
+    return next(config for (max_d, is_fp32), config in _CONFIGS[kernel].items() if D <= max_d and is_fp32 == fp32)
 
 
 def _common(q: torch.Tensor, cos: torch.Tensor | None):
@@ -295,14 +310,14 @@ def rope_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cos = cos if rope else _dummy_table(q)
     sin = sin if rope else cos
     scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0
-    block_m, block_n, warps = _blocks(D)
+    block_m, block_n, warps, stages = _config("fwd", D, q.dtype)
     grid = (triton.cdiv(T, block_m), B * H)
     _fwd[grid](q, k, v, cos, sin, out, lse,
                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), scb,
                T, H, H // Hkv, scale * LOG2E,
                HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-               CAUSAL=causal, ROPE=rope, PRECISION=precision, num_warps=warps)
+               CAUSAL=causal, ROPE=rope, PRECISION=precision, num_warps=warps, num_stages=stages)
     return out, lse
 
 
@@ -319,21 +334,25 @@ def rope_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     cos = cos if rope else _dummy_table(q)
     sin = sin if rope else cos
     scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0
-    block_m, block_n, warps = _blocks(D)
     delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-    _bwd_preprocess[(triton.cdiv(T, block_m), B * H)](
+    rows = 16 if _interpreting() else 64
+    _bwd_preprocess[(triton.cdiv(T, rows), B * H)](
         out, grad_out, delta, out.stride(0), out.stride(1), out.stride(2),
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), T, H,
-        D=D, BLOCK_D=block_d, BLOCK_M=block_m, num_warps=warps)
+        D=D, BLOCK_D=block_d, BLOCK_M=rows, num_warps=1 if _interpreting() else 4)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), scb)
-    meta = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-                CAUSAL=causal, ROPE=rope, PRECISION=precision, num_warps=warps)
+    meta = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, CAUSAL=causal, ROPE=rope,
+                PRECISION=precision)
+    block_m, block_n, warps, stages = _config("dkdv", D, q.dtype)
     _bwd_dkdv[(triton.cdiv(T, block_n), B * Hkv)](
         q, k, v, cos, sin, grad_out, lse, delta, dk, dv, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        T, H, Hkv, H // Hkv, scale * LOG2E, scale, **meta)
+        T, H, Hkv, H // Hkv, scale * LOG2E, scale, **meta,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    block_m, block_n, warps, stages = _config("dq", D, q.dtype)
     _bwd_dq[(triton.cdiv(T, block_m), B * H)](
         q, k, v, cos, sin, grad_out, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
-        T, H, H // Hkv, scale * LOG2E, scale, **meta)
+        T, H, H // Hkv, scale * LOG2E, scale, **meta,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     return dq, dk, dv

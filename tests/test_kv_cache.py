@@ -153,20 +153,29 @@ def test_triton_append_and_evict(B, Hkv, C, D, Tn, needs_triton):
     assert torch.equal(cache[2], expected[2]) and torch.equal(cache[3], expected[3])
 
 
-@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [(3, 4, 2, 8, 16, 1, True), (2, 2, 1, 20, 40, 3, True),
-                                                       (2, 2, 2, 6, 8, 1, False)])
-def test_triton_decode_matches_reference(B, H, Hkv, C, D, Tn, rope, needs_triton):
+DECODE_TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (3e-2, 3e-2)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [
+    (3, 4, 2, 8, 16, 1, True), (2, 2, 1, 20, 40, 3, True), (2, 2, 2, 6, 8, 1, False),
+    (3, 8, 2, 70, 24, 2, True),  # many splits (16-key tiles here), GQA 4, wrapped caches
+])
+def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, needs_triton):
     from pygpt.kernels.decode_attention import rope_decode_attention_triton
     from pygpt.ops.rotary import rope_inv_freq
 
-    cache = [t.to(DEVICE) for t in random_cache(B, Hkv, C, D, torch.float32, seed=3)]
-    q = torch.randn(B, Tn, H, D, device=DEVICE)
-    k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE)
+    cache = [t.to(DEVICE) for t in random_cache(B, Hkv, C, D, dtype, seed=3)]
+    q = torch.randn(B, Tn, H, D, device=DEVICE).to(dtype)
+    k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE).to(dtype)
     expected_cache = clone_all(*cache)
-    want = rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(),
+                                            *[t.double() if t.is_floating_point() else t.clone()
+                                              for t in expected_cache], rope=rope)
+    rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
     got = rope_decode_attention_triton(q, k, v, *cache, D ** -0.5, rope_inv_freq(D, device=DEVICE), rope)
-    assert_close(got, want.double(), torch.float32, tol={torch.float32: (2e-5, 2e-5)})
-    assert_close(cache[0], expected_cache[0].double(), torch.float32)
+    assert_close(got, exact, dtype, tol={dtype: DECODE_TOL[dtype]})
+    assert_close(cache[0], expected_cache[0].double(), dtype)
     assert torch.equal(cache[1], expected_cache[1])
     assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
 
@@ -181,8 +190,7 @@ def test_gpu_decode_op(dtype):
     want = rope_decode_attention_reference(q.double(), k.double(), v.double(),
                                            *[t.double() if t.is_floating_point() else t for t in expected_cache])
     got = ops.rope_decode_attention(q, k, v, *cache)
-    assert_close(got, want, dtype, tol={dtype: {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3),
-                                                torch.bfloat16: (3e-2, 3e-2)}[dtype]})
+    assert_close(got, want, dtype, tol={dtype: DECODE_TOL[dtype]})
 
 
 @pytest.mark.gpu

@@ -179,3 +179,11 @@ def test_triton_kernel_matches_reference(shape, positions, causal, needs_triton)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_op_matches_reference(shape, dtype):
     _compare(*_inputs(*shape, dtype, device="cuda"), dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 19, 4, 2, 40), (1, 33, 2, 1, 16)])
+def test_triton_kernel_fp16(shape, needs_triton):
+    """The low-precision path (q~, k~ and p rounded to the input dtype before the dots). fp16 only here: the
+    interpreter multiplies bf16 operands as raw bits (bf16 runs in the GPU tests)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _triton_compare(shape, torch.float16, "per_batch", True, device)
