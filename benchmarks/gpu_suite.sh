@@ -2,8 +2,9 @@
 # The GPU checks, for a machine with a CUDA torch (and triton) installed, in two stages sized for a lent GPU
 # machine (10 minutes a command, 15 minutes of device time a session: run them as two back-to-back calls; the
 # second finds the build of the first on a still-warm machine and skips it):
-#   kernels  build pygpt against that torch, `pytest -m gpu`, every kernel benchmark (Triton and CUDA C++
-#            backends), the GMM benchmark and scaling curve, generation speed of the bundled lite model
+#   kernels  build pygpt against that torch; the kernels' test files (GPU tests and compiled Triton tests) in
+#            parallel while the benchmarks' kernels compile into Triton's cache; every kernel benchmark (Triton
+#            and CUDA C++ backends), the GMM benchmark and scaling curve, generation speed of the lite model
 #   heavy    train the heavy preset with the fused kernels, time generation with that model, then train it again
 #            on the Torch reference path (same seed): the fused-vs-reference comparison of the attention issue
 # Usage, from the repository root:
@@ -22,6 +23,7 @@ data=${PYGPT_DATA:-$repo/data/tinyshakespeare.txt}
 py=${PYTHON:-python3}
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$work/triton-cache}  # shared by both stages and every process
 summary="$out/suite.log"
 
 note() { echo "$*" | tee -a "$summary"; }
@@ -60,9 +62,36 @@ build() {
   note "   (build: $((SECONDS - start)) s)"
 }
 
+# The kernels' test files, whole (on CUDA their Triton tests run compiled, not interpreted), one pytest per file
+# and all at once: most of their time is Triton compiling kernels, one process at a time each.
+gpu_tests() {
+  local log=$1 start=$SECONDS files=(test_rope_attention test_kv_cache test_rotary test_sampling test_engine
+                                     test_gmm_gpu) pids=() i=0 rc
+  note "== gpu tests: ${files[*]} (in parallel)"
+  for f in "${files[@]}"; do
+    timeout 300 $py -m pytest "$repo/tests/$f.py" -q -p no:cacheprovider > "$work/$f.log" 2>&1 &
+    pids+=($!)
+  done
+  for f in "${files[@]}"; do
+    wait "${pids[$i]}"
+    rc=$?
+    i=$((i + 1))
+    { echo "--- $f (exit $rc)"; cat "$work/$f.log"; echo; } >> "$log"
+    note "   $f: exit $rc: $(tail -n 1 "$work/$f.log")"
+  done
+  grep -h -E "^(FAILED|ERROR) " "${files[@]/#/$work/}.log" 2>/dev/null | head -n 25 | tee -a "$summary"
+  note "   (gpu tests: $((SECONDS - start)) s)"
+}
+
 kernels() {
   local log="$out/kernels.log"
-  TAIL=12 step "$log" 300 "gpu tests" $py -m pytest "$repo/tests" -m gpu -q -p no:cacheprovider
+  # Meanwhile compile the benchmarks' kernels into Triton's cache (python -m pygpt.triton_aot --warm), so that
+  # their timed runs do not compile.
+  $py -m pygpt.triton_aot --warm --jobs 8 > "$work/warm.log" 2>&1 &
+  local warm=$!
+  gpu_tests "$log"
+  wait "$warm"
+  note "== warm Triton cache: exit $?, $(tail -n 1 "$work/warm.log")"
   for bench in bench_rotary bench_rope_attention bench_decode_attention bench_kv_cache bench_sample; do
     step "$log" 120 "$bench" $py "$repo/benchmarks/$bench.py"
   done

@@ -72,10 +72,12 @@ _COMPILED: dict[tuple, tuple[str, object, str]] = {}
 
 
 @contextlib.contextmanager
-def compile_instead_of_launch(arch: int = 90) -> Iterator[list[tuple[str, object]]]:
+def compile_instead_of_launch(arch: int = 90, fresh_cache: bool = True) -> Iterator[list[tuple[str, object, str]]]:
     """Within the block, ``kernel[grid](...)`` compiles the kernel for sm_``arch`` and returns without running it.
 
     Yields a list that collects (constexprs, triton CompiledKernel, ptxas log) per launch, in launch order.
+    fresh_cache=False compiles into Triton's own cache instead (no log for what was there already): on a GPU
+    machine that warms the cache for the real launches of the same shapes, which then skip compiling.
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("pygpt.triton_aot: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
@@ -91,7 +93,12 @@ def compile_instead_of_launch(arch: int = 90) -> Iterator[list[tuple[str, object
     compiled: list[tuple[str, object, str]] = []
 
     def run(self, *args, grid, warmup, **kwargs):
-        kwargs.setdefault("debug", False)
+        # The options JITFunction.run adds before binding (which ones depends on the Triton version), so that a
+        # kernel compiled here has the cache key of the real launch.
+        kwargs["debug"] = kwargs.get("debug", self.debug) or knobs.runtime.debug
+        for name in ("instrumentation_mode", "fpsan_homomorphic_casts"):
+            if hasattr(knobs.compilation, name):
+                kwargs[name] = getattr(knobs.compilation, name)
         binder = binders.setdefault(id(self), jit.create_function_from_signature(self.signature, self.params,
                                                                                  backend))
         bound_args, specialization, options = binder(*args, **kwargs)
@@ -111,7 +118,8 @@ def compile_instead_of_launch(arch: int = 90) -> Iterator[list[tuple[str, object
     saved = knobs.cache.dir, knobs.nvidia.dump_ptxas_log
     with tempfile.TemporaryDirectory() as cache:
         # A fresh cache so that every kernel really goes through ptxas (a cache hit prints no log).
-        knobs.cache.dir, knobs.nvidia.dump_ptxas_log = cache, True
+        if fresh_cache:
+            knobs.cache.dir, knobs.nvidia.dump_ptxas_log = cache, True
         jit.JITFunction.run = run
         try:
             yield compiled
@@ -206,29 +214,46 @@ def default_cases() -> dict[str, Callable[[], None]]:
     return cases
 
 
-def compile_cases(cases: dict[str, Callable[[], None]], arch: int = 90) -> list[CompiledLaunch]:
-    """Run each case's launcher with launches compiled for sm_``arch`` instead of run; one record per launch."""
+def compile_cases(cases: dict[str, Callable[[], None]], arch: int = 90, warm: bool = False) -> list[CompiledLaunch]:
+    """Run each case's launcher with launches compiled for sm_``arch`` instead of run; one record per launch.
+    warm: into Triton's own cache (see compile_instead_of_launch); registers and spills are then -1."""
     records = []
     for case, launch in cases.items():
-        with compile_instead_of_launch(arch) as compiled:
+        with compile_instead_of_launch(arch, fresh_cache=not warm) as compiled:
             launch()
         for constexprs, kernel, log in compiled:
-            regs, spills = _ptxas_usage(log)
+            regs, spills = (-1, -1) if warm else _ptxas_usage(log)
             records.append(CompiledLaunch(case, kernel.metadata.name, constexprs, kernel.metadata.num_warps,
                                           kernel.metadata.num_stages, kernel.metadata.shared, regs, spills))
     return records
+
+
+def _compile_default_case(job: tuple[str, int, bool]) -> list[CompiledLaunch]:
+    name, arch, warm = job
+    return compile_cases({name: default_cases()[name]}, arch, warm)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pygpt.triton_aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability without the dot (default 90)")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    parser.add_argument("--jobs", type=int, default=1, help="compile the cases in this many processes")
+    parser.add_argument("--warm", action="store_true",
+                        help="compile into Triton's own cache (on a GPU machine: the real launches then skip it)")
     args = parser.parse_args(argv)
-    import triton
+    import multiprocessing
 
-    cases = {name: launch for name, launch in default_cases().items() if args.only in name}
-    print(f"triton {triton.__version__}, target sm_{args.arch}; {len(cases)} cases")
-    records = compile_cases(cases, args.arch)
+    import triton
+    from triton import knobs
+
+    names = [name for name in default_cases() if args.only in name]
+    print(f"triton {triton.__version__}, target sm_{args.arch}; {len(names)} cases", flush=True)
+    jobs = [(name, args.arch, args.warm) for name in names]
+    if args.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            records = [r for rs in pool.map(_compile_default_case, jobs, chunksize=1) for r in rs]
+    else:
+        records = [r for job in jobs for r in _compile_default_case(job)]
     print(f"{'case':48} {'kernel':20} {'warps':>5} {'stages':>6} {'shared B':>9} {'regs':>4} {'spill B':>7}")
     failures = 0
     for r in records:
@@ -236,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         failures += bool(problems)
         print(f"{r.case:48.48} {r.kernel:20.20} {r.num_warps:5} {r.num_stages:6} {r.shared:9} {r.registers:4} "
               f"{r.spill_bytes:7}" + (f"  PROBLEM: {'; '.join(problems)}" if problems else ""))
-    spills = sum(r.spill_bytes > 0 for r in records)
-    print(f"{len(records)} launches compiled; {failures} exceed the sm_{args.arch} limits; {spills} spill registers to local memory")
+    spills = "" if args.warm else f"; {sum(r.spill_bytes > 0 for r in records)} spill registers to local memory"
+    where = f" into Triton's cache ({knobs.cache.dir})" if args.warm else ""
+    print(f"{len(records)} launches compiled{where}; {failures} exceed the sm_{args.arch} limits{spills}")
     return 1 if failures else 0
 
 

@@ -46,3 +46,41 @@ def test_every_kernel_compiles_for_sm90_within_limits(tmp_path):
     assert run.returncode == 0, report[-4000:]
     assert " 0 exceed the sm_90 limits" in report, report[-4000:]
     assert "_fwd" in report and "_bwd_dkdv" in report and "_partial" in report and "_sample_kernel" in report
+
+
+WARM_THEN_LAUNCH = """
+import os
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+from pygpt import triton_aot
+
+case = "rotary B2 H3 T5 D40 fp32"
+triton_aot.compile_cases({case: triton_aot.default_cases()[case]}, warm=True)
+warmed = len(os.listdir(os.environ["TRITON_CACHE_DIR"]))
+
+class NoGpu:  # enough of a driver for JITFunction.run to bind and compile; it stops at the launch itself
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+    def __getattr__(self, name): raise RuntimeError("no GPU here: " + name)
+
+driver.set_active(NoGpu())
+try:
+    triton_aot.default_cases()[case]()
+except RuntimeError as e:
+    assert "no GPU here" in str(e), e
+print(warmed, len(os.listdir(os.environ["TRITON_CACHE_DIR"])))
+"""
+
+
+@pytest.mark.skipif(not HAS_NVIDIA_BACKEND, reason="triton with its NVIDIA backend is not installed")
+def test_warm_cache_has_the_key_of_the_real_launch(tmp_path):
+    """--warm on a GPU machine is only useful if Triton's own launch path then finds the kernel in its cache:
+    run that path (as far as it goes without a GPU) after warming and check it compiled nothing new."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    run = subprocess.run([sys.executable, "-c", WARM_THEN_LAUNCH], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    warmed, after_launch = map(int, run.stdout.split()[-2:])
+    assert warmed >= 1 and after_launch == warmed

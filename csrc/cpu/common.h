@@ -112,15 +112,15 @@ struct RopeTable {
   bool enabled = false;
 
   RopeTable() = default;
-  RopeTable(const at::Tensor& p, int64_t b, int64_t T, int64_t D, double base) : half(D / 2), enabled(true) {
+  // T positions given by position(t) (any integer-valued callable).
+  template <typename PositionFn>
+  RopeTable(int64_t T, int64_t D, double base, PositionFn position) : half(D / 2), enabled(true) {
     cos.resize(T * half);
     sin.resize(T * half);
     std::vector<float> inv_freq(half);
     for (int64_t i = 0; i < half; ++i) inv_freq[i] = static_cast<float>(std::pow(base, -2.0 * i / D));
-    const int64_t offset = p.dim() == 2 ? b * T : 0;
     for (int64_t t = 0; t < T; ++t) {
-      const float pos = p.scalar_type() == at::kLong ? static_cast<float>(p.data_ptr<int64_t>()[offset + t])
-                                                    : static_cast<float>(p.data_ptr<int32_t>()[offset + t]);
+      const float pos = static_cast<float>(position(t));
       for (int64_t i = 0; i < half; ++i) {
         const acc_t angle = static_cast<acc_t>(pos * inv_freq[i]);
         cos[t * half + i] = std::cos(angle);
@@ -128,6 +128,12 @@ struct RopeTable {
       }
     }
   }
+  // Row b of positions p, (B, T) or (T,), int64 or int32.
+  RopeTable(const at::Tensor& p, int64_t b, int64_t T, int64_t D, double base)
+      : RopeTable(T, D, base, [&, offset = p.dim() == 2 ? b * T : 0](int64_t t) {
+          return p.scalar_type() == at::kLong ? p.data_ptr<int64_t>()[offset + t]
+                                              : static_cast<int64_t>(p.data_ptr<int32_t>()[offset + t]);
+        }) {}
 };
 
 // The tables of every sequence, built once per call: one shared table for (T,) positions, B for (B, T);

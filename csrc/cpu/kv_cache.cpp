@@ -13,10 +13,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../checks.h"
 #include "common.h"
+#include "gemm.h"
 
 namespace pygpt {
 namespace {
@@ -121,31 +124,50 @@ struct DecodeArgs {
   Rows<scalar_t> O, Kr;            // the output; the rotated new keys, appended after the attention
   const scalar_t *kc, *vc;         // the caches (B, Hkv, C, D)
   const int32_t *len, *st;
+  const RopeTable<acc_t>* rope_tables;  // per sequence: positions len[b] .. len[b] + Tn (disabled without RoPE)
   int64_t Tn, Hkv, C, D, groups;
   acc_t scale;
-  double base;
-  bool rope;
 };
 
 template <typename acc_t>
 struct DecodeScratch {
   std::vector<acc_t> q, kn, vn, s, acc, m, l;
   DecodeScratch(int64_t rows, int64_t Tn, int64_t D)
-      : q(rows * D), kn(Tn * D), vn(Tn * D), s(padded(kDecodeKeyTile)), acc(rows * D), m(rows), l(rows) {}
+      : q(rows * D), kn(Tn * D), vn(Tn * D), s(rows * padded(kDecodeKeyTile)), acc(rows * D), m(rows), l(rows) {}
 };
 
 // One online-softmax step of every query row over kt keys at consecutive positions pos0.., rows of K and V
 // D apart (a run of ring slots of the cache, or the new tokens). Query row r is token r / groups at position
 // first_pos + r / groups = p and sees the keys of (p - C, p]. Keys are converted as they are read (bf16/fp16
-// caches are never copied to float).
+// caches are never copied to float). Several rows (GQA, or Tn > 1) over float keys: two small GEMMs (torch's
+// BLAS), scores S = Q K^T for all rows at once and O += P V, so each key is read once for the whole group.
 template <typename key_t, typename acc_t>
 PYGPT_INLINE void attend_keys(const key_t* __restrict__ K, const key_t* __restrict__ V, int64_t kt, int64_t pos0,
                               int64_t first_pos, int64_t groups, int64_t rows, int64_t C, int64_t D,
                               DecodeScratch<acc_t>& w) {
+  const auto visible = [&](int64_t r) {  // the keys [lo, hi) of the tile that row r sees
+    const int64_t p = first_pos + r / groups;
+    return std::pair{std::max<int64_t>(p - C + 1 - pos0, 0), std::min<int64_t>(p + 1 - pos0, kt)};
+  };
+  if constexpr (std::is_same_v<key_t, acc_t>) {
+    if (rows > 1) {
+      const int64_t ld = padded(kDecodeKeyTile);
+      acc_t* __restrict__ S = w.s.data();
+      cpu::gemm(false, true, rows, kt, D, acc_t(1), w.q.data(), D, K, D, acc_t(0), S, ld);
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto [lo, hi] = visible(r);
+        const acc_t rescale = softmax_update(S + r * ld, padded(kt), lo, hi, w.m[r], w.l[r]);  // 0 outside
+        acc_t* __restrict__ o = w.acc.data() + r * D;
+        if (rescale != acc_t(1))
+          for (int64_t d = 0; d < D; ++d) o[d] *= rescale;
+      }
+      cpu::gemm(false, false, rows, D, kt, acc_t(1), S, ld, V, D, acc_t(1), w.acc.data(), D);
+      return;
+    }
+  }
   acc_t* __restrict__ s = w.s.data();
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t p = first_pos + r / groups;
-    const int64_t lo = std::max<int64_t>(p - C + 1 - pos0, 0), hi = std::min<int64_t>(p + 1 - pos0, kt);
+    const auto [lo, hi] = visible(r);
     if (lo >= hi) continue;
     const acc_t* __restrict__ q = w.q.data() + r * D;
     for (int64_t j = lo; j < hi; ++j) {
@@ -174,9 +196,7 @@ template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 PYGPT_INLINE void decode_task(const DecodeArgs<scalar_t>& a, int64_t task, DecodeScratch<acc_t>& w) {
   const int64_t b = task / a.Hkv, hk = task % a.Hkv, Tn = a.Tn, D = a.D, C = a.C, groups = a.groups;
   const int64_t rows = groups * Tn, len = a.len[b];
-  std::optional<at::Tensor> pos;  // RoPE tables for the Tn new positions of this sequence
-  if (a.rope) pos = at::arange(len, len + Tn, at::TensorOptions().dtype(at::kLong));
-  const RopeTable<acc_t> table = a.rope ? RopeTable<acc_t>(*pos, 0, Tn, D, a.base) : RopeTable<acc_t>();
+  const RopeTable<acc_t>& table = a.rope_tables[b];
   for (int64_t t = 0; t < Tn; ++t) {
     for (int64_t g = 0; g < groups; ++g)
       load_rotated(a.Q.row(b, t, hk * groups + g), D, table, t, a.scale, w.q.data() + (t * groups + g) * D);
@@ -221,12 +241,15 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = q.size(0), Tn = q.size(1), H = q.size(2), D = q.size(3);
   const int64_t Hkv = k_cache.size(1), C = k_cache.size(2), groups = H / Hkv;
+  std::vector<RopeTable<acc_t>> tables(B);  // once per sequence, shared by its kv heads' tasks
+  if (rope)
+    for (int64_t b = 0; b < B; ++b) tables[b] = RopeTable<acc_t>(Tn, D, base, [&](int64_t t) { return len[b] + t; });
   const DecodeArgs<scalar_t> args{
       Rows<const scalar_t>{q.data_ptr<scalar_t>(), q.stride(0), q.stride(1), q.stride(2)},
       Rows<const scalar_t>{k.data_ptr<scalar_t>(), k.stride(0), k.stride(1), k.stride(2)},
       Rows<const scalar_t>{v.data_ptr<scalar_t>(), v.stride(0), v.stride(1), v.stride(2)},
       rows_of<scalar_t>(out), rows_of<scalar_t>(k_rot), k_cache.data_ptr<scalar_t>(), v_cache.data_ptr<scalar_t>(),
-      len, st, Tn, Hkv, C, D, groups, static_cast<acc_t>(scale), base, rope};
+      len, st, tables.data(), Tn, Hkv, C, D, groups, static_cast<acc_t>(scale)};
   // A decode step is tiny (one token): run it on the calling thread unless there is real work to share.
   const int64_t work_per_task = (std::min<int64_t>(C, 1 + len[0]) + Tn) * groups * Tn * D;
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, work_per_task));
