@@ -6,7 +6,9 @@
     python benchmarks/bench_sample.py --cuda-backend cuda   # the CUDA C++ kernel instead of Triton
 
 The kernel is timed through the public ops.sample with an rng_state (what a decode loop calls: the op plus the
-in-place offset advance; on CUDA also the lazy error check, which a captured CUDA graph leaves out).
+in-place offset advance; on CUDA also the lazy error check, which a captured CUDA graph leaves out). On CUDA each
+case also has a "graph" row: the same call captured in a CUDA graph and replayed (what the decode loop does),
+which leaves out the host's launch overhead - the split path for small batches is three launches.
 GB/s counts the logits read once. Cases: top-k 50 with top-p 0.9, and top-p 0.9 alone (the harder search: the
 nucleus is found over the whole vocabulary).
 """
@@ -14,7 +16,8 @@ nucleus is found over the whole vocabulary).
 import torch
 
 import pygpt.ops as ops
-from pygpt.benchmark import Comparison, apply_benchmark_args, benchmark_parser, print_comparisons, time_ms
+from pygpt.benchmark import (Comparison, apply_benchmark_args, benchmark_parser, cuda_graphed, print_comparisons,
+                             time_ms)
 from pygpt.ops.sampling import sample_reference
 
 SHAPES = [(1, 65), (64, 65), (1, 32000), (64, 32000), (1, 128256), (64, 128256)]
@@ -38,6 +41,10 @@ def main() -> None:
             ref = time_ms(lambda: sample_reference(logits, TEMPERATURE, top_k, top_p, generator=generator), device)
             ker = time_ms(lambda: ops.sample(logits, TEMPERATURE, top_k, top_p, rng_state=state), device)
             rows.append(Comparison(f"{label} B{B} V{V}", ref, ker, logits.numel() * logits.element_size()))
+            if device.type == "cuda":  # the kernel as a decode loop runs it: replayed, no launch overhead
+                graphed = cuda_graphed(lambda: ops.sample(logits, TEMPERATURE, top_k, top_p, rng_state=state), device)
+                rows.append(Comparison(f"{label} B{B} V{V} graph", ref, time_ms(graphed, device),
+                                       logits.numel() * logits.element_size()))
     ops.check_sample_errors()
     print_comparisons(f"sample, float32, T={TEMPERATURE}", device, rows, kernel)
 

@@ -1,4 +1,5 @@
-"""sample in Triton: next-token ids (B,) from logits (B, V) in one launch, no sort and no host sync.
+"""sample in Triton: next-token ids (B,) from logits (B, V), no sort and no host sync; one launch, or three for
+a small batch on a GPU (the split path).
 
 One program owns ROWS rows (ROWS = 1 for a large vocabulary, more when V is small) and streams the vocabulary
 in BLOCK_V chunks. With m the row max and T the temperature, z = (x - m) / T <= 0 and p = exp(z) <= 1
@@ -23,12 +24,20 @@ the rest happens on that tile in registers: the same top-k / top-p bisections as
 and an inverse-CDF draw (tl.cumsum) with one uniform. Three passes over the row in all. Otherwise (a flat row,
 or settings that keep most of the vocabulary) the general path runs, in the same launch.
 
+Split path (CUDA, B small next to the number of multiprocessors): one program a row leaves most of the GPU idle,
+and each pass over a 128K-entry row is then a long chain of dependent loads in one SM. Each row is cut into S
+segments (about two programs a multiprocessor, segments of >= 2048 columns), and the fast path runs as three
+launches: per-segment max / histogram / mass, per-segment compaction at offsets every segment computes from
+the histograms, and the tile draw (or the general path) one program a row - see the comment above _split_plan.
+Its ids are the one-program fast path's (same candidates in the same order, same uniform) except for top-p
+without top-k, whose mass is summed in another order.
+
 The general path's draw is one pass of weighted reservoir sampling over the chunks: in chunk c (mass w_c) a
 candidate is drawn by inverse CDF (tl.cumsum) with a uniform u1, and replaces the current choice with
 probability w_c / W_c (W_c the mass of chunks 0..c) with a second uniform u2; the result is distributed as p
 restricted to the kept set. Uniforms come from Philox-4x32-10 keyed by the seed with counter (offset lo,
 offset hi, row, chunk), so the ids depend only on (seed, offset, row) and the launch configuration (BLOCK_V,
-ROWS), never on timing.
+ROWS, and for top-p alone the split count), never on timing.
 
 Rows are never raised on (a GPU kernel cannot): the id is -3 when the row's temperature / top_k / top_p / min_p
 is out of range, else -1 for NaN logits, else -2 for a row of all -inf. The Python wrapper reports them.
@@ -36,6 +45,7 @@ is out of range, else -1 for NaN logits, else -2 for a row of all -inf. The Pyth
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -48,6 +58,8 @@ NUM_BINS = 64  # fast-path histogram: bin b holds -z in [b/4, (b+1)/4); the last
 FAST_CAP = 1024  # the most candidates the fast path holds in registers (2048 spills at 8 warps)
 INV_BIN_W = tl.constexpr(4.0)
 BIN_W = tl.constexpr(0.25)
+SPLIT_MIN_SEG = 2048  # the split path's shortest segment (columns a program)
+SPLIT_MAX_TILE = 4096  # and its chunk: a segment is read in chunks of at most this
 
 
 def _key_passes(num_pivots: int) -> int:
@@ -60,15 +72,28 @@ def _key_passes(num_pivots: int) -> int:
 
 
 @triton.jit
-def _chunk(logits_ptr, row_off, rmask, start, V, m, t, inf_row, BLOCK_V: tl.constexpr):
-    """z, its key (KEY_MAX + 1 outside the row: never counted) and the column indices of one chunk."""
+def _load_chunk(logits_ptr, row_off, rmask, start, V, BLOCK_V: tl.constexpr):
+    """x (fp32, -inf outside the row), the mask of the row's columns and their indices, of one chunk."""
     c = start + tl.arange(0, BLOCK_V)
     cmask = rmask[:, None] & (c < V)[None, :]
     x = tl.load(logits_ptr + row_off[:, None] + c[None, :], mask=cmask, other=float("-inf")).to(tl.float32)
+    return x, cmask, c
+
+
+@triton.jit
+def _z_key(x, cmask, m, t, inf_row):
+    """z and its key (KEY_MAX + 1 outside the row: never counted)."""
     z = (x - m[:, None]) / t[:, None]
     z = tl.where(inf_row[:, None], tl.where(x == float("inf"), 0.0, float("-inf")), z)
     key = z.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    key = tl.where(cmask, key, KEY_MAX + 1)
+    return z, tl.where(cmask, key, KEY_MAX + 1)
+
+
+@triton.jit
+def _chunk(logits_ptr, row_off, rmask, start, V, m, t, inf_row, BLOCK_V: tl.constexpr):
+    """z, its key and the column indices of one chunk."""
+    x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, V, BLOCK_V)
+    z, key = _z_key(x, cmask, m, t, inf_row)
     return z, key, c
 
 
@@ -93,6 +118,79 @@ def _uniform(r):
 
 
 @triton.jit
+def _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask):
+    """The rows' parameters, which of them are out of range (written so that NaN fails) and which are greedy."""
+    t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
+    k = tl.load(topk_ptr + rows, mask=rmask, other=0)
+    top_p = tl.load(topp_ptr + rows, mask=rmask, other=1.0)
+    min_p = tl.load(minp_ptr + rows, mask=rmask, other=0.0)
+    bad_param = ~((t >= 0.0) & (k >= 0) & (top_p > 0.0) & (top_p <= 1.0) & (min_p >= 0.0) & (min_p < 1.0))
+    greedy = (t == 0.0) | (k == 1)
+    return t, k, top_p, min_p, bad_param, greedy
+
+
+@triton.jit
+def _max_argmax_nan(logits_ptr, row_off, rmask, lo, hi, BLOCK_V: tl.constexpr):
+    """Over columns [lo, hi): the max (NaN ignored), its first index (the greedy answer) and whether a NaN is there."""
+    m = tl.full(rmask.shape, float("-inf"), tl.float32)
+    argmax = tl.zeros(rmask.shape, tl.int32) + lo
+    nan = tl.zeros(rmask.shape, tl.int32)
+    for start in range(lo, hi, BLOCK_V):
+        x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, BLOCK_V)
+        is_nan = x != x
+        nan = tl.maximum(nan, tl.max(is_nan.to(tl.int32), axis=1))
+        x = tl.where(is_nan, float("-inf"), x)
+        cmax = tl.max(x, axis=1)
+        cidx = tl.min(tl.where((x == cmax[:, None]) & cmask, c[None, :], hi), axis=1)
+        argmax = tl.where(cmax > m, cidx, argmax)
+        m = tl.maximum(m, cmax)
+    return m, argmax, nan
+
+
+@triton.jit
+def _tile_draw(scratch, count, mass, rows, k_s, tp, mp, need_k, seed, off_lo, off_hi, CAP: tl.constexpr,
+               NP: tl.constexpr, KEY_PASSES: tl.constexpr):
+    """The fast path's last step for one row: its `count` candidates (key << 32 | id, in id order) from scratch
+    into registers, the same threshold searches as the general path on them, min-p and the inverse-CDF draw.
+    mass: the row's sum of p (used by top-p without top-k). -> ids (1,)"""
+    j = tl.arange(0, CAP)[None, :]
+    valid = j < count
+    tile = tl.load(scratch + j, mask=valid, other=0)
+    key_t = tl.where(valid, (tile >> 32).to(tl.int32), KEY_MAX + 1)
+    idx_t = (tile & 0xFFFFFFFF).to(tl.int32)
+    p_t = tl.where(valid, tl.exp(-tl.where(valid, key_t, 0).to(tl.float32, bitcast=True)), 0.0)  # key: |z|
+    k_k = tl.full([1], KEY_MAX, tl.int64)
+    if need_k:
+        lo = tl.full([1], -1, tl.int64)
+        hi = tl.full([1], KEY_MAX, tl.int64)
+        for _ in range(KEY_PASSES):
+            piv = _pivots(lo, hi, NP)
+            cnt = tl.sum((key_t[:, :, None] <= piv[:, None, :]).to(tl.int32), axis=1)
+            lo, hi = _narrow(lo, hi, piv, cnt >= k_s)
+        k_k = hi
+    p_k = tl.where(key_t.to(tl.int64) <= k_k[:, None], p_t, 0.0)
+    # Without top-k the target is top_p of the whole row's mass; when the tile's mass does not reach it the
+    # nucleus covers the tile (a prefix of the row by value) and the search keeps hi = all of it.
+    target = tp * tl.where(need_k, tl.sum(p_k, axis=1), mass)
+    k_p = k_k
+    if tp < 1.0:
+        lo = tl.full([1], -1, tl.int64)
+        hi = k_k
+        for _ in range(KEY_PASSES):
+            piv = _pivots(lo, hi, NP)
+            cut = tl.sum(tl.where(key_t[:, :, None] <= piv[:, None, :], p_k[:, :, None], 0.0), axis=1)
+            lo, hi = _narrow(lo, hi, piv, cut >= target[:, None])
+        k_p = hi
+    keep = (key_t.to(tl.int64) <= k_p[:, None]) & (p_t >= mp) & (p_t > 0.0)
+    w = tl.where(keep, p_t, 0.0)
+    r0, _, _, _ = tl.philox(seed, off_lo, off_hi, rows.to(tl.uint32), off_lo * 0)
+    goal = _uniform(r0) * tl.sum(w, axis=1)
+    pick = tl.min(tl.where(keep & (tl.cumsum(w, axis=1) > goal[:, None]), j, CAP), axis=1)
+    pick = tl.where(pick < CAP, pick, tl.max(tl.where(keep, j, -1), axis=1))  # rounding: the last kept
+    return tl.sum(tl.where(j == pick[:, None], idx_t, 0), axis=1)
+
+
+@triton.jit
 def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_p, min_p, seed, off_lo, off_hi,
                scratch_ptr, BLOCK_V: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr, NP: tl.constexpr,
                KEY_PASSES: tl.constexpr):
@@ -112,16 +210,10 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
         if need_total:
             total += tl.sum(tl.where(key <= KEY_MAX, tl.exp(z), 0.0), axis=1)
     bins = tl.arange(0, NB)
-    cum = tl.cumsum(hist, axis=0)
     mass = tl.sum(total, axis=0)
-    # The highest bin edge below every token that can be kept.
-    b_k = tl.min(tl.where(cum >= k_s, bins, NB), axis=0)
-    lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(bins + 1).to(tl.float32) * BIN_W), axis=0)
-    b_p = tl.min(tl.where(lower >= tp * mass * 1.0001, bins, NB), axis=0)
-    b_p = tl.where(tp < 1.0, b_p, NB)
-    b_m = tl.where(mp > 0.0, tl.minimum(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W, NB * 1.0).to(tl.int32), NB)
-    b_sel = tl.where(need_k, b_k, tl.minimum(b_p, b_m))
-    count = tl.sum(tl.where(bins == b_sel, cum, 0), axis=0)
+    # The highest bin edge below every token that can be kept; a bin's p is at least exp(its low edge).
+    b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, NB, 0)
+    count = tl.sum(tl.where(bins <= b_sel, hist, 0), axis=0)
     ok = (b_sel < NB - 1) & (count <= CAP)
     ids = tl.full([1], -1, tl.int32)
     if ok:
@@ -135,76 +227,164 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
             tl.store(scratch + pos, (key.to(tl.int64) << 32) | c[None, :].to(tl.int64), mask=cand)
             base += tl.sum(cand.to(tl.int32), axis=1)
         tl.debug_barrier()
-        # The candidates, in id order, in registers; the same threshold searches as the general path on them.
-        j = tl.arange(0, CAP)[None, :]
-        valid = j < count
-        tile = tl.load(scratch + j, mask=valid, other=0)
-        key_t = tl.where(valid, (tile >> 32).to(tl.int32), KEY_MAX + 1)
-        idx_t = (tile & 0xFFFFFFFF).to(tl.int32)
-        p_t = tl.where(valid, tl.exp(-tl.where(valid, key_t, 0).to(tl.float32, bitcast=True)), 0.0)  # key: |z|
-        k_k = tl.full([1], KEY_MAX, tl.int64)
-        if need_k:
-            lo = tl.full([1], -1, tl.int64)
-            hi = tl.full([1], KEY_MAX, tl.int64)
-            for _ in range(KEY_PASSES):
-                piv = _pivots(lo, hi, NP)
-                cnt = tl.sum((key_t[:, :, None] <= piv[:, None, :]).to(tl.int32), axis=1)
-                lo, hi = _narrow(lo, hi, piv, cnt >= k_s)
-            k_k = hi
-        p_k = tl.where(key_t.to(tl.int64) <= k_k[:, None], p_t, 0.0)
-        # Without top-k the target is top_p of the whole row's mass; when the tile's mass does not reach it the
-        # nucleus covers the tile (a prefix of the row by value) and the search keeps hi = all of it.
-        target = tp * tl.where(need_k, tl.sum(p_k, axis=1), mass)
-        k_p = k_k
-        if tp < 1.0:
-            lo = tl.full([1], -1, tl.int64)
-            hi = k_k
-            for _ in range(KEY_PASSES):
-                piv = _pivots(lo, hi, NP)
-                cut = tl.sum(tl.where(key_t[:, :, None] <= piv[:, None, :], p_k[:, :, None], 0.0), axis=1)
-                lo, hi = _narrow(lo, hi, piv, cut >= target[:, None])
-            k_p = hi
-        keep = (key_t.to(tl.int64) <= k_p[:, None]) & (p_t >= mp) & (p_t > 0.0)
-        w = tl.where(keep, p_t, 0.0)
-        r0, _, _, _ = tl.philox(seed, off_lo, off_hi, rows.to(tl.uint32), off_lo * 0)
-        goal = _uniform(r0) * tl.sum(w, axis=1)
-        pick = tl.min(tl.where(keep & (tl.cumsum(w, axis=1) > goal[:, None]), j, CAP), axis=1)
-        pick = tl.where(pick < CAP, pick, tl.max(tl.where(keep, j, -1), axis=1))  # rounding: the last kept
-        ids = tl.sum(tl.where(j == pick[:, None], idx_t, 0), axis=1)
+        ids = _tile_draw(scratch, count, mass, rows, k_s, tp, mp, need_k, seed, off_lo, off_hi, CAP, NP,
+                         KEY_PASSES)
     return ids, ok
 
 
 @triton.jit
-def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, rng_ptr, out_ptr, scratch_ptr, B,
-                   V, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, NP: tl.constexpr, KEY_PASSES: tl.constexpr,
-                   NB: tl.constexpr, CAP: tl.constexpr):
+def _cut_bin(hist, mass, k_s, tp, mp, need_k, NB: tl.constexpr, SLACK: tl.constexpr):
+    """The fast path's cut: the last bin (bin b: -z in about [b/4, (b+1)/4)) that can hold a kept token.
+    top-k: the bin of the k-th largest z; else the first bin whose mass lower bound reaches top_p of the mass,
+    or min-p's. SLACK bins are added (the split path's bins are only aligned to z within a bin), twice to min-p's
+    (a split-path bin g holds z > -(g + 1) / 4 but only z < -(g - 1) / 4)."""
+    bins = tl.arange(0, NB)
+    cum = tl.cumsum(hist, axis=0)
+    b_k = tl.min(tl.where(cum >= k_s, bins, NB), axis=0)
+    lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(bins + 1).to(tl.float32) * BIN_W), axis=0)
+    b_p = tl.min(tl.where(lower >= tp * mass * 1.0001, bins, NB), axis=0)
+    b_p = tl.where(tp < 1.0, b_p, NB)
+    b_m = tl.minimum(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W, NB * 1.0).to(tl.int32) + SLACK
+    b_m = tl.where(mp > 0.0, b_m, NB)
+    return tl.minimum(tl.where(need_k, b_k, tl.minimum(b_p, b_m)) + SLACK, NB)
+
+
+# ----------------------------------------------------------------------------------------------- split path
+# With few rows, one program a row leaves most of the GPU idle and each pass is latency-bound. The split path
+# spreads a row over S programs of SEG columns in three launches:
+#   1. _split_stats_kernel: a segment's max, first argmax, NaN, its mass relative to its own max and a histogram
+#      of its columns' bins. Bins are floor(x * 4 / T) counted down from the segment's top bin: aligned across
+#      segments, so that the row's histogram is the segments' ones shifted by whole bins.
+#   2. _split_compact_kernel: every segment recomputes the row's cut from the partials (cheap: S x NB ints),
+#      and, when the candidates fit the tile, writes its own at its offset (the candidates of the segments
+#      before it): the row's candidates in id order, as the one-program fast path would.
+#   3. _sample_kernel (SP > 0): the row's max / argmax / NaN from the partials, then the tile draw, or the
+#      general path on the whole row when the candidates did not fit.
+@triton.jit
+def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t, k_s, tp,
+                mp, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
+    """The row's max, first argmax, NaN and mass from its segments' partials; the row's top bin and 4 / T; the
+    cut bin; the candidates in the segments before each one (SP,), their count and whether the fast path can
+    run (the cut in range, the candidates fit the tile, bins exact in fp32, no +inf)."""
+    s = tl.arange(0, SP)
+    smask = s < S
+    part = row * S + s
+    m_s = tl.load(part_max_ptr + part, mask=smask, other=float("-inf"))
+    m = tl.max(m_s, axis=0)
+    argmax = tl.min(tl.where(smask & (m_s == m), tl.load(part_arg_ptr + part, mask=smask, other=V), V), axis=0)
+    nan = tl.max(tl.load(part_nan_ptr + part, mask=smask, other=0), axis=0)
+    finite = (m > float("-inf")) & (m < float("inf")) & (t > 0.0)  # else the row does not use what follows
+    live = tl.where(finite, smask & (m_s > float("-inf")), False)
+    t = tl.where(finite, t, 1.0)
+    m_f = tl.where(finite, m, 0.0)
+    m_s = tl.where(live, m_s, m_f)
+    inv_tw = INV_BIN_W / t
+    top_s = tl.floor(m_s * inv_tw)
+    top = tl.floor(m_f * inv_tw)
+    mass_s = tl.load(part_mass_ptr + part, mask=smask, other=0.0)
+    mass = tl.sum(tl.where(live, mass_s * tl.exp((m_s - m_f) / t), 0.0), axis=0)
+    # Segment s's bin r is the row's bin r + top - top_s.
+    g = tl.arange(0, NB)
+    r = g[None, :] - (top - top_s)[:, None]
+    use = live[:, None] & (r >= 0.0) & (r < NB - 1.0)
+    hs = tl.load(part_hist_ptr + part.to(tl.int64)[:, None] * NB + tl.where(use, r, 0.0).to(tl.int32), mask=use,
+                 other=0)
+    need_k = (k_s > 0) & (k_s < V)
+    # A token of bin g has z within a bin of -g / 4 (top * T / 4 <= m < (top + 1) * T / 4): one bin of slack.
+    b_sel = _cut_bin(tl.sum(hs, axis=0), mass, k_s, tp, mp, need_k, NB, 1)
+    seg_count = tl.sum(tl.where(g[None, :] <= b_sel, hs, 0), axis=1)
+    before = tl.cumsum(seg_count, axis=0) - seg_count
+    count = tl.sum(seg_count, axis=0)
+    ok = finite & (b_sel < NB - 1) & (count <= CAP) & (tl.abs(top) < 4194304.0)  # 2^22: bins exact in fp32
+    return m, argmax, nan, mass, top, inv_tw, b_sel, before, count, ok
+
+
+@triton.jit
+def _split_stats_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, part_max_ptr, part_arg_ptr,
+                        part_nan_ptr, part_mass_ptr, part_hist_ptr, V, S, SEG, TILE: tl.constexpr,
+                        NB: tl.constexpr):
+    """Launch 1 of the split path, one program a (row, segment): the partials _split_plan combines."""
+    row = tl.program_id(0)
+    seg = tl.program_id(1)
+    rows = row + tl.zeros([1], tl.int32)
+    rmask = rows >= 0
+    row_off = rows.to(tl.int64) * stride_b
+    lo = seg * SEG
+    hi = tl.minimum(lo + SEG, V)
+    m, argmax, nan = _max_argmax_nan(logits_ptr, row_off, rmask, lo, hi, TILE)
+    t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
+    hist = tl.zeros([NB], tl.int32)
+    mass = tl.zeros([1], tl.float32)
+    draws = ~bad_param & ~greedy & (nan == 0) & (m > float("-inf")) & (m < float("inf"))
+    if tl.max(draws.to(tl.int32), axis=0) > 0:
+        inv_tw = INV_BIN_W / t
+        top = tl.floor(m * inv_tw)
+        for start in range(lo, hi, TILE):  # the segment again: from L2
+            x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
+            r = top[:, None] - tl.floor(x * inv_tw[:, None])  # -inf and padding: +inf
+            b = tl.minimum(r, NB - 1.0).to(tl.int32)
+            hist += tl.histogram(tl.reshape(b, [TILE]), NB, mask=tl.reshape(b < NB - 1, [TILE]))
+            mass += tl.sum(tl.where(cmask, tl.exp((x - m[:, None]) / t[:, None]), 0.0), axis=1)
+    part = row * S + seg
+    tl.store(part_max_ptr + part + tl.zeros([1], tl.int32), m)
+    tl.store(part_arg_ptr + part + tl.zeros([1], tl.int32), argmax)
+    tl.store(part_nan_ptr + part + tl.zeros([1], tl.int32), nan)
+    tl.store(part_mass_ptr + part + tl.zeros([1], tl.int32), mass)
+    tl.store(part_hist_ptr + part.to(tl.int64) * NB + tl.arange(0, NB), hist)
+
+
+@triton.jit
+def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, part_max_ptr,
+                          part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, scratch_ptr, V, S, SEG,
+                          TILE: tl.constexpr, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
+    """Launch 2 of the split path, one program a (row, segment): its candidates into the row's scratch."""
+    row = tl.program_id(0)
+    seg = tl.program_id(1)
+    rows = row + tl.zeros([1], tl.int32)
+    rmask = rows >= 0
+    row_off = rows.to(tl.int64) * stride_b
+    t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
+    t_s = tl.max(t, axis=0)
+    m, argmax, nan, mass, top, inv_tw, b_sel, before, count, ok = _split_plan(
+        part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t_s, tl.max(k, axis=0),
+        tl.max(top_p, axis=0), tl.max(min_p, axis=0), SP, NB, CAP)
+    m_row = tl.zeros([1], tl.float32) + m
+    active = ~bad_param & ~greedy & ((tl.zeros([1], tl.int32) + nan) == 0) & (m_row > float("-inf"))
+    if ok & (tl.max(active.to(tl.int32), axis=0) > 0):
+        scratch = scratch_ptr + rows.to(tl.int64)[:, None] * CAP
+        base = tl.zeros([1], tl.int32) + tl.sum(tl.where(tl.arange(0, SP) == seg, before, 0), axis=0)
+        lo = seg * SEG
+        hi = tl.minimum(lo + SEG, V)
+        for start in range(lo, hi, TILE):
+            x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
+            z, key = _z_key(x, cmask, m_row, t, rmask & False)
+            cand = cmask & (top - tl.floor(x * inv_tw) <= b_sel)
+            pos = base[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
+            tl.store(scratch + pos, (key.to(tl.int64) << 32) | c[None, :].to(tl.int64), mask=cand & (pos < CAP))
+            base += tl.sum(cand.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, rng_ptr, out_ptr, scratch_ptr,
+                   part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, B, V, S,
+                   ROWS: tl.constexpr, BLOCK_V: tl.constexpr, NP: tl.constexpr, KEY_PASSES: tl.constexpr,
+                   NB: tl.constexpr, CAP: tl.constexpr, SP: tl.constexpr):
+    """One program a ROWS rows. SP > 0: launch 3 of the split path (ROWS == 1, S segments a row, partials and
+    candidates written by launches 1 and 2)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < B
     row_off = rows.to(tl.int64) * stride_b
-    t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
-    k = tl.load(topk_ptr + rows, mask=rmask, other=0)
-    top_p = tl.load(topp_ptr + rows, mask=rmask, other=1.0)
-    min_p = tl.load(minp_ptr + rows, mask=rmask, other=0.0)
-    # Comparisons written so that NaN parameters fail.
-    bad_param = ~((t >= 0.0) & (k >= 0) & (top_p > 0.0) & (top_p <= 1.0) & (min_p >= 0.0) & (min_p < 1.0))
-    greedy = (t == 0.0) | (k == 1)
-
-    # Pass 1: max, its first index (the greedy answer), NaN.
-    cols = tl.arange(0, BLOCK_V)
-    m = tl.full([ROWS], float("-inf"), tl.float32)
-    argmax = tl.zeros([ROWS], tl.int32)
-    nan = tl.zeros([ROWS], tl.int32)
-    for start in range(0, V, BLOCK_V):
-        c = start + cols
-        cmask = rmask[:, None] & (c < V)[None, :]
-        x = tl.load(logits_ptr + row_off[:, None] + c[None, :], mask=cmask, other=float("-inf")).to(tl.float32)
-        is_nan = x != x
-        nan = tl.maximum(nan, tl.max(is_nan.to(tl.int32), axis=1))
-        x = tl.where(is_nan, float("-inf"), x)
-        cmax = tl.max(x, axis=1)
-        cidx = tl.min(tl.where((x == cmax[:, None]) & cmask, c[None, :], V), axis=1)
-        argmax = tl.where(cmax > m, cidx, argmax)
-        m = tl.maximum(m, cmax)
+    t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
+    if SP > 0:
+        m_r, arg_r, nan_r, row_mass, _top, _inv_tw, _b_sel, _before, count, split_ok = _split_plan(
+            part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, tl.program_id(0), S, V,
+            tl.max(t, axis=0), tl.max(k, axis=0), tl.max(top_p, axis=0), tl.max(min_p, axis=0), SP, NB, CAP)
+        m = tl.zeros([ROWS], tl.float32) + m_r
+        argmax = tl.zeros([ROWS], tl.int32) + arg_r
+        nan = tl.zeros([ROWS], tl.int32) + nan_r
+    else:
+        # Pass 1: max, its first index (the greedy answer), NaN.
+        m, argmax, nan = _max_argmax_nan(logits_ptr, row_off, rmask, 0, V, BLOCK_V)
 
     active = rmask & ~bad_param & (nan == 0) & (m > float("-inf")) & ~greedy
     inf_row = m == float("inf")
@@ -217,7 +397,14 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
     off_hi = zero + ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
     sel = argmax
     done = tl.zeros([ROWS], tl.int1)  # rows finished by the fast path
-    if CAP > 0:  # ROWS == 1
+    if SP > 0:
+        if split_ok & (tl.max(active.to(tl.int32), axis=0) > 0):
+            k_s = tl.max(k, axis=0)
+            scratch = scratch_ptr + rows.to(tl.int64)[:, None] * CAP
+            sel = _tile_draw(scratch, count, row_mass, rows, k_s, tl.max(top_p, axis=0), tl.max(min_p, axis=0),
+                             (k_s > 0) & (k_s < V), seed, off_lo, off_hi, CAP, NP, KEY_PASSES)
+            done = active
+    elif CAP > 0:  # ROWS == 1
         if tl.max(active.to(tl.int32), axis=0) > 0:
             fast_id, ok = _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_p, min_p,
                                      seed, off_lo, off_hi, scratch_ptr, BLOCK_V, NB, CAP, NP, KEY_PASSES)
@@ -289,15 +476,26 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
     tl.store(out_ptr + rows, ids, mask=rmask)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_count(B: int, V: int, sm_count: int) -> int:
+    """Segments a row for the split path on a GPU of sm_count multiprocessors: enough programs for about two a
+    multiprocessor, segments of at least SPLIT_MIN_SEG columns; 1 (one program a row) for large batches."""
+    return max(1, min(triton.cdiv(V, SPLIT_MIN_SEG), triton.cdiv(2 * sm_count, B)))
+
+
 def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                   min_p: torch.Tensor, rng_state: torch.Tensor, block_v: int | None = None,
-                  rows: int | None = None) -> torch.Tensor:
+                  rows: int | None = None, splits: int | None = None) -> torch.Tensor:
     """logits (B, V) (last dim contiguous), per-row temperature/top_p/min_p (B,) fp32, top_k (B,) int32,
     rng_state (2,) int64 [seed, offset] -> ids (B,) int64 (negative for bad rows, see the module docstring).
 
-    block_v (a power of two >= 16) and rows (a power of two) override the chunk size and the rows a program
-    (tests use them to run many chunks a row, and the fast path, under the interpreter).
-    Arguments are checked by pygpt.ops.sample; this launcher assumes them valid.
+    block_v (a power of two >= 16), rows (a power of two) and splits override the chunk size, the rows a program
+    and the segments a row (tests use them to run many chunks a row, the fast path and the split path under the
+    interpreter). Arguments are checked by pygpt.ops.sample; this launcher assumes them valid.
     """
     B, V = logits.shape
     out = torch.empty(B, dtype=torch.int64, device=logits.device)
@@ -306,6 +504,14 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     # Compiled: about 1K elements a tile (times NP in the bisection passes). Interpreted (tests on CPU): bigger
     # tiles, so that a batch of many short rows is a few programs.
     tile = 65536 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+    if splits is None:
+        splits = split_count(B, V, _sm_count(logits.device.index or 0)) if logits.is_cuda else 1
+    if splits > 1:
+        seg_tile = block_v or min(SPLIT_MAX_TILE, triton.next_power_of_2(triton.cdiv(V, splits)))
+        seg = triton.cdiv(triton.cdiv(V, splits), seg_tile) * seg_tile
+        if triton.cdiv(V, seg) > 1:
+            return _sample_split(logits, temperature, top_k, top_p, min_p, rng_state, out, seg, seg_tile,
+                                 block_v or min(triton.next_power_of_2(V), 1024))
     block_v = block_v or max(16, min(triton.next_power_of_2(V), tile))
     rows = rows or max(1, min(triton.next_power_of_2(B), tile // block_v))
     grid = (triton.cdiv(B, rows),)
@@ -313,7 +519,36 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     cap = min(FAST_CAP, triton.next_power_of_2(V)) if fast else 0
     scratch = torch.empty(B * cap, dtype=torch.int64, device=logits.device) if fast else out
     _sample_kernel[grid](
-        logits, logits.stride(0), temperature, top_k, top_p, min_p, rng_state, out, scratch, B, V,
-        ROWS=rows, BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS, CAP=cap,
-        num_warps=8 if fast or rows * block_v >= 1024 else 4)
+        logits, logits.stride(0), temperature, top_k, top_p, min_p, rng_state, out, scratch, out, out, out, out, out,
+        B, V, 1, ROWS=rows, BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS,
+        CAP=cap, SP=0, num_warps=8 if fast or rows * block_v >= 1024 else 4)
+    return out
+
+
+def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  min_p: torch.Tensor, rng_state: torch.Tensor, out: torch.Tensor, seg: int, seg_tile: int,
+                  block_v: int) -> torch.Tensor:
+    """The split path (see the comment above _split_plan): segments of `seg` columns read in `seg_tile` chunks;
+    block_v: the chunk of the general path, if a row falls back to it."""
+    B, V = logits.shape
+    S = triton.cdiv(V, seg)
+    device = logits.device
+    # Partials, one int32 buffer: max (f32), argmax, NaN, mass (f32) per (row, segment), then the histograms.
+    part = torch.empty(B * S * (4 + NUM_BINS), dtype=torch.int32, device=device)
+    n = B * S
+    part_max, part_arg, part_nan = part[:n].view(torch.float32), part[n:2 * n], part[2 * n:3 * n]
+    part_mass, part_hist = part[3 * n:4 * n].view(torch.float32), part[4 * n:]
+    cap = min(FAST_CAP, triton.next_power_of_2(V))
+    scratch = torch.empty(B * cap, dtype=torch.int64, device=device)
+    warps = 8 if seg_tile >= 2048 else 4
+    params = (temperature, top_k, top_p, min_p)
+    partials = (part_max, part_arg, part_nan, part_mass, part_hist)
+    _split_stats_kernel[(B, S)](logits, logits.stride(0), *params, *partials, V, S, seg, TILE=seg_tile,
+                                NB=NUM_BINS, num_warps=warps)
+    sp = triton.next_power_of_2(S)
+    _split_compact_kernel[(B, S)](logits, logits.stride(0), *params, *partials, scratch, V, S, seg, TILE=seg_tile,
+                                  SP=sp, NB=NUM_BINS, CAP=cap, num_warps=warps)
+    _sample_kernel[(B,)](
+        logits, logits.stride(0), *params, rng_state, out, scratch, *partials, B, V, S, ROWS=1, BLOCK_V=block_v,
+        NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS, CAP=cap, SP=sp, num_warps=8)
     return out

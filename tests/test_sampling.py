@@ -27,7 +27,8 @@ def _rows(B, temperature, top_k, top_p, min_p, device="cpu"):
 def _kernel(name):
     """A callable (logits, T, k, p, min_p, rng_state) -> ids running one kernel directly (no wrapper).
     "triton-chunks": the Triton kernel with 64-wide chunks, so that a row spans many of them;
-    "triton-fast": also one row a program, which takes the fast path (histogram, compaction) for V > 64."""
+    "triton-fast": also one row a program, which takes the fast path (histogram, compaction) for V > 64;
+    "triton-split": each row over 3 programs (the split path the GPU takes for small batches)."""
     if name == "cpp":
         return torch.ops.pygpt.sample
     if name.startswith("triton"):
@@ -36,6 +37,8 @@ def _kernel(name):
 
         if name == "triton":
             return sample_triton
+        if name == "triton-split":  # small chunks under the interpreter: segments of several chunks
+            return functools.partial(sample_triton, splits=3, block_v=None if torch.cuda.is_available() else 64)
         return functools.partial(sample_triton, block_v=64, rows=1 if name == "triton-fast" else None)
     return torch.ops.pygpt.sample_cuda
 
@@ -102,7 +105,7 @@ def first_argmax(logits):
     return torch.where(is_max, torch.arange(x.shape[1]), x.shape[1]).amin(-1)
 
 
-KERNELS = ["cpp", "triton", "triton-chunks", "triton-fast"]
+KERNELS = ["cpp", "triton", "triton-chunks", "triton-fast", "triton-split"]
 CHI2_ROW = torch.tensor([2.0, 1.5, 1.4, 0.9, 0.7, 0.3, 0.1, -0.2, -0.5, -1.0, 1.8, -2.0, -INF, 1.0, 0.5, 0.0])
 # (temperature, top_k, top_p, min_p): every truncation on its own and together.
 CHI2_CASES = [(1.0, 0, 1.0, 0.0), (0.8, 6, 1.0, 0.0), (1.3, 0, 0.8, 0.0), (1.0, 0, 1.0, 0.2), (0.8, 9, 0.85, 0.05)]
@@ -255,7 +258,7 @@ def test_reference_distribution_chi_square():
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_same_seed_same_ids_and_offset_advances(kernel):
     device = _device(kernel)
-    B, V = (4 if kernel == "triton-fast" else 33), 257
+    B, V = (4 if kernel in ("triton-fast", "triton-split") else 33), 257
     logits = torch.randn(B, V, device=device)
     args = _rows(B, 1.0, 0, 1.0, 0.0, device)
     run = _kernel(kernel)
@@ -283,6 +286,57 @@ def test_triton_fast_path_falls_back_per_row(needs_triton):
     assert (exact_probs(logits, *params) > 0).sum(-1)[:2].min() > kernels.FAST_CAP
     ids = kernels.sample_triton(logits, *_rows(4, *params), ops.make_rng_state(3), block_v=256, rows=1)
     assert allowed(logits, *params)[torch.arange(4), ids].all()
+
+
+@pytest.mark.parametrize("splits, block_v", [(2, 256), (7, 128)])
+def test_triton_split_path_matches_one_program_a_row(needs_triton, splits, block_v):
+    """The split path (a row over several programs: partial max / histogram, compaction per segment) draws the
+    ids of the one-program fast path, falls back to the general path on the same rows (flat, +inf, bins beyond
+    fp32's exact range) and flags the same bad rows. Only top-p without top-k may differ: it sums the row's
+    mass in another order, so those draws are checked against the truncated set instead."""
+    from pygpt.kernels.sample import sample_triton
+
+    g = torch.Generator().manual_seed(5)
+    B, V = 14, 1500
+    logits = torch.randn(B, V, generator=g) * 2
+    logits[1] = 0.01 * torch.randn(V, generator=g)  # flat: top-p 0.9 overflows the tile
+    logits[2, 700] = INF
+    logits[3, 5] = float("nan")
+    logits[4] = -INF
+    logits[5, 1400:] += 6  # the head in the last segment
+    logits[6] *= 50  # at T = 1e-5 the bins are beyond fp32's exact integers
+    logits[9, 100:110] = logits[9, 100]  # ties at the top-k cut
+    params = [torch.tensor(v) for v in (
+        [0.8, 1.0, 1.0, 1.0, 1.0, 0.7, 1e-5, 0.0, 1.3, 0.9, 1.0, -1.0, 0.5, 0.9],
+        [50, 0, 10, 10, 5, 3, 20, 0, 0, 200, 1, 5, 0, 0],
+        [0.9, 0.9, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.01, 0.3])]  # 12, 13: min-p alone
+    mass_dependent = (params[1] == 0) & (params[2] < 1)
+    ok = allowed(logits.nan_to_num(nan=0.0), *params)
+    for seed in range(2):
+        args = (logits, *_rows(B, *params), ops.make_rng_state(seed))
+        one = sample_triton(*args, block_v=block_v, rows=1)
+        split = sample_triton(*args, block_v=block_v, splits=splits)
+        assert torch.equal(split[~mass_dependent], one[~mass_dependent]), (split, one)
+        assert one[[2, 3, 4, 7, 10, 11]].tolist() == [700, -1, -2, int(logits[7].argmax()), int(logits[10].argmax()),
+                                                       -3]
+        rows = mass_dependent.nonzero()[:, 0]
+        assert ok[rows, split[rows]].all()
+
+
+def test_triton_split_path_min_p_cut_at_a_bin_edge(needs_triton):
+    """The split path's bins are floor(4 x / T), not bins of z: with the max on a bin edge, a token at z = -1.1
+    (p = 0.333 >= min_p 0.33) lies in bin 5 while -4 log(min_p) = 4.4; the cut must still keep it (the
+    one-program path, whose bins are of z, does)."""
+    from pygpt.kernels.sample import sample_triton
+
+    B, V = 32, 1500
+    logits = torch.full((B, V), -INF)
+    logits[:, [3, 900, 1200, 10]] = torch.tensor([0.0, -1.1, -0.5, -3.0])
+    args = (logits, *_rows(B, 1.0, 0, 1.0, 0.33), ops.make_rng_state(9))
+    split = sample_triton(*args, block_v=256, splits=3)
+    assert torch.equal(split, sample_triton(*args, block_v=256, rows=1))
+    assert set(split.tolist()) == {3, 900, 1200}
 
 
 def test_public_sample_rng_state_and_generator():
@@ -411,7 +465,7 @@ def test_torch_compile_fullgraph():
 
 
 # ----------------------------------------------------------------------------------------------- GPU
-GPU_KERNELS = ["triton", "cuda"]
+GPU_KERNELS = ["triton", "triton-split", "cuda"]
 
 
 def _gpu_kernel_or_skip(kernel):
