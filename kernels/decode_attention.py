@@ -6,7 +6,9 @@ lengths + t; the program walks its share of the cached keys (positions [lo, leng
 cache's dtype and fed to tensor-core dots as stored), and the last split also the Tn new keys, rotated in the
 kernel; with the online softmax, each split writes a partial (acc, max, sum).
 Stage 2 (_merge, grid B*Hkv): combines the splits into the output and appends the rotated new keys and the
-values to the cache. The counters advance in a last tiny launch (kernels/kv_cache.py), after every read.
+values to the cache. With one split (caches of at most ONE_SPLIT_MAX_KEYS, or B*Hkv large enough to fill the
+GPU) stage 1 does this itself, after its last read, and stage 2 is not launched. The counters advance in a last
+tiny launch (kernels/kv_cache.py), after every read.
 
 The split count depends only on the capacity (never on the lengths, which live on the device), so the step
 can be captured in a CUDA graph. Each new token at position p sees the positions (p - C, p] still valid.
@@ -23,6 +25,7 @@ import triton.language as tl
 from .kv_cache import advance_counters_triton
 
 LOG2E = 1.4426950408889634
+ONE_SPLIT_MAX_KEYS = 512  # caches up to this capacity are read by one program per (row, kv head), in one launch
 
 
 @triton.jit
@@ -63,12 +66,13 @@ def _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION: tl.conste
 
 
 @triton.jit
-def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML,
-             sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
+def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML, OUT,
+             sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh,
              Hkv, C, Tn, GROUPS, qk_scale, CHUNK, NSPLIT,
              HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, ROPE: tl.constexpr,
-             PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+             PRECISION: tl.constexpr, DOT_F32: tl.constexpr, FUSED: tl.constexpr):
+    """FUSED (one split): also the merge's work - the output and the append - with no workspace."""
     bhk = tl.program_id(0)
     split = tl.program_id(1)
     b = bhk // Hkv
@@ -127,10 +131,17 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML,
                     mask=t_mask[:, None] & dmask[None, :], other=0.0).to(ty)
         visible = t_mask[None, :] & r_mask[:, None] & (tt[None, :] <= t[:, None]) & (tt[None, :] > t[:, None] - C)
         m_i, l_i, acc = _attend_tile(q1, q2, k1.to(ty), k2.to(ty), v, visible, m_i, l_i, acc, PRECISION, DOT_F32)
-    ws = (bhk * NSPLIT + split).to(tl.int64)
-    tl.store(WS_ACC + (ws * BLOCK_R + r[:, None]) * BLOCK_D + d[None, :], acc)
-    tl.store(WS_ML + (ws * 2) * BLOCK_R + r, m_i)
-    tl.store(WS_ML + (ws * 2 + 1) * BLOCK_R + r, l_i)
+        if FUSED:
+            # Every read of the cache is done (the new tokens' slots held keys the earlier rows still saw).
+            tl.debug_barrier()
+            _append_tokens(KC, VC, k1, k2, v, cache_base, length, tt, t_mask, i, hmask, d, dmask, C, HALF, D)
+    if FUSED:
+        _store_out(OUT, acc, l_i, b64, t, h, d, Tn, D, sob, sot, soh)
+    else:
+        ws = (bhk * NSPLIT + split).to(tl.int64)
+        tl.store(WS_ACC + (ws * BLOCK_R + r[:, None]) * BLOCK_D + d[None, :], acc)
+        tl.store(WS_ML + (ws * 2) * BLOCK_R + r, m_i)
+        tl.store(WS_ML + (ws * 2 + 1) * BLOCK_R + r, l_i)
 
 
 @triton.jit
@@ -157,30 +168,44 @@ def _merge(OUT, KN, VN, KC, VC, LEN, INV_FREQ, WS_ACC, WS_ML,
         w = tl.exp2(tl.load(WS_ML + (ws * 2) * BLOCK_R + r) - m_safe)
         l += w * tl.load(WS_ML + (ws * 2 + 1) * BLOCK_R + r)
         acc += w[:, None] * tl.load(WS_ACC + (ws * BLOCK_R + r[:, None]) * BLOCK_D + d[None, :])
-    t = r // GROUPS
-    h = hk * GROUPS + r % GROUPS
-    out = acc / tl.where(l == 0.0, 1.0, l)[:, None]
-    omask = (t < Tn)[:, None] & (d[None, :] < D)
-    tl.store(OUT + b64 * sob + t[:, None] * sot + h[:, None] * soh + d[None, :],
-             out.to(OUT.dtype.element_ty), mask=omask)
+    _store_out(OUT, acc, l, b64, r // GROUPS, hk * GROUPS + r % GROUPS, d, Tn, D, sob, sot, soh)
 
     # Append the new tokens: rotated keys and values at slots (lengths + t) % C.
     length = tl.load(LEN + b)
     tt = tl.arange(0, BLOCK_T)
     t_mask = tt < Tn
     i = tl.arange(0, BLOCK_HALF)
-    km = t_mask[:, None] & (i[None, :] < HALF)
+    hmask = i < HALF
+    dmask = d < D
+    km = t_mask[:, None] & hmask[None, :]
     k_ptr = KN + b64 * skb + tt[:, None] * skt + hk * skh + i[None, :]
     k1 = tl.load(k_ptr, mask=km, other=0.0).to(tl.float32)
     k2 = tl.load(k_ptr + HALF, mask=km, other=0.0).to(tl.float32)
     k1, k2 = _rotate(k1, k2, length + tt, INV_FREQ, HALF, BLOCK_HALF, ROPE)
-    slot = ((b64 * Hkv + hk) * C + (length + tt) % C)[:, None] * D
+    v = tl.load(VN + b64 * svb + tt[:, None] * svt + hk * svh + d[None, :], mask=t_mask[:, None] & dmask[None, :],
+                other=0.0)
+    _append_tokens(KC, VC, k1, k2, v, (b64 * Hkv + hk) * C, length, tt, t_mask, i, hmask, d, dmask, C, HALF, D)
+
+
+@triton.jit
+def _store_out(OUT, acc, l, b64, t, h, d, Tn, D: tl.constexpr, sob, sot, soh):
+    """The normalised output of the query rows (token t, head h) of one kv head."""
+    out = acc / tl.where(l == 0.0, 1.0, l)[:, None]
+    omask = (t < Tn)[:, None] & (d[None, :] < D)
+    tl.store(OUT + b64 * sob + t[:, None] * sot + h[:, None] * soh + d[None, :],
+             out.to(OUT.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _append_tokens(KC, VC, k1, k2, v, cache_base, length, tt, t_mask, i, hmask, d, dmask, C, HALF: tl.constexpr,
+                   D: tl.constexpr):
+    """The new tokens' rotated key halves (fp32) and values into the cache, at slots (lengths + t) % C."""
+    slot = (cache_base + (length + tt) % C)[:, None] * D
+    km = t_mask[:, None] & hmask[None, :]
     ty = KC.dtype.element_ty
     tl.store(KC + slot + i[None, :], k1.to(ty), mask=km)
     tl.store(KC + slot + HALF + i[None, :], k2.to(ty), mask=km)
-    vm = t_mask[:, None] & (d[None, :] < D)
-    v = tl.load(VN + b64 * svb + tt[:, None] * svt + hk * svh + d[None, :], mask=vm, other=0.0)
-    tl.store(VC + slot + d[None, :], v, mask=vm)
+    tl.store(VC + slot + d[None, :], v.to(VC.dtype.element_ty), mask=t_mask[:, None] & dmask[None, :])
 
 
 def _interpreting() -> bool:
@@ -197,8 +222,9 @@ def _tile(dtype: torch.dtype) -> tuple[int, int]:
 
 def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                                  v_cache: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, scale: float,
-                                 inv_freq: torch.Tensor, rope: bool) -> torch.Tensor:
-    """q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> out (B, Tn, H, D); appends to the cache. inv_freq (D/2,) fp32."""
+                                 inv_freq: torch.Tensor, rope: bool, splits: int | None = None) -> torch.Tensor:
+    """q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> out (B, Tn, H, D); appends to the cache. inv_freq (D/2,) fp32.
+    splits: of the cached keys (default: by the capacity and B * Hkv; tests set it to run both launch plans)."""
     B, Tn, H, D = q.shape
     Hkv, C = k_cache.shape[1], k_cache.shape[2]
     groups = H // Hkv
@@ -211,22 +237,30 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     block_t = max(16, triton.next_power_of_2(Tn))
     # Splits of the C - 1 cached keys a step can see: enough programs to fill the GPU for long caches, fixed by
     # the capacity alone (graph-safe). The last split also takes the Tn new keys.
-    chunk = max(block_n, triton.cdiv(triton.cdiv(C, max(1, 256 // max(1, B * Hkv))), block_n) * block_n)
+    # A short cache (the presets' 256) is one split: the partial kernel then writes the output and appends
+    # itself, and the merge launch and its workspace go.
+    if splits is None:
+        splits = 1 if C <= ONE_SPLIT_MAX_KEYS else max(1, 256 // max(1, B * Hkv))
+    chunk = max(block_n, triton.cdiv(triton.cdiv(C, splits), block_n) * block_n)
     nsplit = triton.cdiv(C, chunk)
-    ws_acc = torch.empty(B * Hkv * nsplit * block_r * block_d, device=q.device, dtype=torch.float32)
-    ws_ml = torch.empty(B * Hkv * nsplit * 2 * block_r, device=q.device, dtype=torch.float32)
+    fused = nsplit == 1
+    ws_acc = out if fused else torch.empty(B * Hkv * nsplit * block_r * block_d, device=q.device,
+                                           dtype=torch.float32)
+    ws_ml = out if fused else torch.empty(B * Hkv * nsplit * 2 * block_r, device=q.device, dtype=torch.float32)
     common = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_R=block_r, ROPE=rope)
     _partial[(B * Hkv, nsplit)](
-        q, k, v, k_cache, v_cache, lengths, starts, inv_freq, ws_acc, ws_ml,
+        q, k, v, k_cache, v_cache, lengths, starts, inv_freq, ws_acc, ws_ml, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, scale * LOG2E, chunk, nsplit,
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        Hkv, C, Tn, groups, scale * LOG2E, chunk, nsplit,
         BLOCK_N=block_n, BLOCK_T=block_t, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_F32=_interpreting() and q.dtype == torch.bfloat16,
+        DOT_F32=_interpreting() and q.dtype == torch.bfloat16, FUSED=fused,
         num_warps=warps, **common)
-    _merge[(B * Hkv,)](
-        out, k, v, k_cache, v_cache, lengths, inv_freq, ws_acc, ws_ml,
-        out.stride(0), out.stride(1), out.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, nsplit,
-        BLOCK_T=block_t, num_warps=warps, **common)
+    if not fused:
+        _merge[(B * Hkv,)](
+            out, k, v, k_cache, v_cache, lengths, inv_freq, ws_acc, ws_ml,
+            out.stride(0), out.stride(1), out.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, nsplit,
+            BLOCK_T=block_t, num_warps=warps, **common)
     advance_counters_triton(lengths, starts, Tn, C)
     return out

@@ -157,11 +157,13 @@ DECODE_TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bf
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [
-    (3, 4, 2, 8, 16, 1, True), (2, 2, 1, 20, 40, 3, True), (2, 2, 2, 6, 8, 1, False),
-    (3, 8, 2, 70, 24, 2, True),  # many splits (16-key tiles here), GQA 4, wrapped caches
+@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope, splits", [
+    (3, 4, 2, 8, 16, 1, True, None), (2, 2, 1, 20, 40, 3, True, None), (2, 2, 2, 6, 8, 1, False, None),
+    (3, 8, 2, 70, 24, 2, True, None),  # one program per kv head (the default for short caches), GQA 4, wrapped
+    (3, 8, 2, 70, 24, 2, True, 5),  # 5 splits (16-key tiles here) and the merge launch
+    (2, 2, 1, 20, 40, 3, True, 2),
 ])
-def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, needs_triton):
+def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, splits, needs_triton):
     from pygpt.kernels.decode_attention import rope_decode_attention_triton
     from pygpt.ops.rotary import rope_inv_freq
 
@@ -173,7 +175,8 @@ def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, needs
                                             *[t.double() if t.is_floating_point() else t.clone()
                                               for t in expected_cache], rope=rope)
     rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
-    got = rope_decode_attention_triton(q, k, v, *cache, D ** -0.5, rope_inv_freq(D, device=DEVICE), rope)
+    got = rope_decode_attention_triton(q, k, v, *cache, D ** -0.5, rope_inv_freq(D, device=DEVICE), rope,
+                                       splits=splits)
     assert_close(got, exact, dtype, tol={dtype: DECODE_TOL[dtype]})
     assert_close(cache[0], expected_cache[0].double(), dtype)
     assert torch.equal(cache[1], expected_cache[1])
