@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with a CUDA torch (and triton) installed, in two stages sized for a lent GPU
-# machine (10 minutes a command, 15 minutes of device time a session: run them as two back-to-back calls; the
-# second finds the build of the first on a still-warm machine and skips it):
+# machine (10 minutes a command). 15 minutes of device time a session, the machine's start included, fit one
+# stage: run kernels first, heavy in a later session (or right after, where the budget allows: the second call
+# finds the build of the first on a still-warm machine and skips it):
 #   kernels  build pygpt against that torch; the kernels' test files (GPU tests and compiled Triton tests) in
 #            parallel while the benchmarks' kernels compile into Triton's cache; every kernel benchmark (Triton
 #            and CUDA C++ backends), the GMM benchmark and scaling curve, generation speed of the lite model

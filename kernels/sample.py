@@ -507,7 +507,7 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     if splits is None:
         splits = split_count(B, V, _sm_count(logits.device.index or 0)) if logits.is_cuda else 1
     if splits > 1:
-        seg_tile = block_v or min(SPLIT_MAX_TILE, triton.next_power_of_2(triton.cdiv(V, splits)))
+        seg_tile = block_v or max(16, min(SPLIT_MAX_TILE, triton.next_power_of_2(triton.cdiv(V, splits))))
         seg = triton.cdiv(triton.cdiv(V, splits), seg_tile) * seg_tile
         if triton.cdiv(V, seg) > 1:
             return _sample_split(logits, temperature, top_k, top_p, min_p, rng_state, out, seg, seg_tile,
