@@ -41,7 +41,9 @@ TORCH_LIBRARY(pygpt, m) {
   m.def("kv_evict_cuda(Tensor(a!) lengths, Tensor(b!) starts, Tensor counts) -> ()");
   // Decode step: q (B, Tn, H, D), k, v (B, Tn, Hkv, D) of Tn new tokens at positions lengths .. lengths + Tn - 1:
   // rotate q and k (rope=True), attend each new token over the cache's window of the last C positions (and the
-  // new tokens before it), then append k~, v to the cache. Returns (B, Tn, H, D).
+  // new tokens before it), then append k~, v to the cache and (advance=True) move the counters on by Tn. Layers
+  // that share one pair of counters advance them in the last layer only. Returns (B, Tn, H, D).
   m.def("rope_decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
-        "Tensor(c!) lengths, Tensor(d!) starts, float scale, float base=10000.0, bool rope=True) -> Tensor");
+        "Tensor(c!) lengths, Tensor(d!) starts, float scale, float base=10000.0, bool rope=True, "
+        "bool advance=True) -> Tensor");
 }

@@ -8,7 +8,7 @@ kernel; with the online softmax, each split writes a partial (acc, max, sum).
 Stage 2 (_merge, grid B*Hkv): combines the splits into the output and appends the rotated new keys and the
 values to the cache. With one split (caches of at most ONE_SPLIT_MAX_KEYS, or B*Hkv large enough to fill the
 GPU) stage 1 does this itself, after its last read, and stage 2 is not launched. The counters advance in a last
-tiny launch (kernels/kv_cache.py), after every read.
+tiny launch (kernels/kv_cache.py), after every read - only in the last layer, when the layers share them.
 
 The split count depends only on the capacity (never on the lengths, which live on the device), so the step
 can be captured in a CUDA graph. Each new token at position p sees the positions (p - C, p] still valid.
@@ -222,7 +222,8 @@ def _tile(dtype: torch.dtype) -> tuple[int, int]:
 
 def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                                  v_cache: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, scale: float,
-                                 inv_freq: torch.Tensor, rope: bool, splits: int | None = None) -> torch.Tensor:
+                                 inv_freq: torch.Tensor, rope: bool, splits: int | None = None,
+                                 advance: bool = True) -> torch.Tensor:
     """q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> out (B, Tn, H, D); appends to the cache. inv_freq (D/2,) fp32.
     splits: of the cached keys (default: by the capacity and B * Hkv; tests set it to run both launch plans)."""
     B, Tn, H, D = q.shape
@@ -262,5 +263,6 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
             out.stride(0), out.stride(1), out.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), Hkv, C, Tn, groups, nsplit,
             BLOCK_T=block_t, num_warps=warps, **common)
-    advance_counters_triton(lengths, starts, Tn, C)
+    if advance:
+        advance_counters_triton(lengths, starts, Tn, C)
     return out

@@ -68,7 +68,7 @@ def test_rope_cache_slides_past_the_window():
         pieces.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
     expected = sliding_window_logits(model, idx, window=8)
     torch.testing.assert_close(torch.cat(pieces, 1).double(), expected, atol=2e-5, rtol=2e-5)
-    assert int(cache.lengths[0][0]) == 30 and int(cache.starts[0][0]) == 22
+    assert int(cache.lengths[0]) == 30 and int(cache.starts[0]) == 22
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])

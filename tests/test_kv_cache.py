@@ -130,6 +130,33 @@ def test_opcheck():
     q = torch.randn(2, 1, 4, 8)
     torch.library.opcheck(torch.ops.pygpt.rope_decode_attention.default, (q, k, v, *cache, 0.3, 1e4, True),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.pygpt.rope_decode_attention.default, (q, k, v, *cache, 0.3, 1e4, True, False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("impl", ["cpp", "reference", "triton"])
+def test_decode_without_advance_leaves_the_counters(impl, request):
+    """advance=False (every layer but the last, when the layers share one pair of counters): the same output and
+    cache writes as advance=True, the counters untouched."""
+    if impl == "triton":
+        request.getfixturevalue("needs_triton")
+        from pygpt.kernels.decode_attention import rope_decode_attention_triton
+        from pygpt.ops.rotary import rope_inv_freq
+
+        def decode(*args, advance):
+            return rope_decode_attention_triton(*args, 8 ** -0.5, rope_inv_freq(8), True, advance=advance)
+    else:
+        decode = ops.rope_decode_attention if impl == "cpp" else rope_decode_attention_reference
+    q = torch.randn(3, 2, 4, 8)
+    k, v = torch.randn(2, 3, 2, 2, 8)
+    held, moved = random_cache(3, 2, 8, 8, torch.float32), random_cache(3, 2, 8, 8, torch.float32)
+    counters = clone_all(*held[2:])
+    out_held = decode(q, k, v, *held, advance=False)
+    out_moved = decode(q, k, v, *moved, advance=True)
+    assert torch.equal(held[2], counters[0]) and torch.equal(held[3], counters[1])
+    assert not torch.equal(moved[2], counters[0])
+    assert torch.equal(out_held, out_moved)
+    assert torch.equal(held[0], moved[0]) and torch.equal(held[1], moved[1])
 
 
 # ---- Triton kernels: through the CPU interpreter here, compiled on a GPU -----------------------------------

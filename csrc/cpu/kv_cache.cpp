@@ -261,7 +261,8 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
 
 at::Tensor rope_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& lengths,
-                                     at::Tensor& starts, double scale, double base, bool rope) {
+                                     at::Tensor& starts, double scale, double base, bool rope,
+                                     bool advance_counters) {
   const char* op = "rope_decode_attention";
   check_cache_args(op, k_cache, v_cache, lengths, starts);
   check_new_rows(op, k_cache, k, v);
@@ -282,7 +283,7 @@ at::Tensor rope_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
     write_rows<scalar_t>(k_cache, k_rot, len);
     write_rows<scalar_t>(v_cache, v, len);
   });
-  advance(lengths, starts, k.size(1), k_cache.size(2));
+  if (advance_counters) advance(lengths, starts, k.size(1), k_cache.size(2));
   return out;
 }
 

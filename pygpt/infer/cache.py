@@ -1,10 +1,21 @@
-"""The KV cache of a whole model: per layer, ring buffers k, v (B, Hkv, C, D) plus the lengths/starts counters
-(see pygpt.ops.kv_cache). Every layer keeps its own counters (each decode op advances its layer's), so they stay
-equal across layers."""
+"""The KV cache of a whole model: per layer, ring buffers k, v (B, Hkv, C, D); one pair of lengths/starts
+counters (B,) for all layers (see pygpt.ops.kv_cache), since every layer appends the same positions. Each
+layer's decode op reads them and the last layer's advances them: one counter update a step, not one a layer."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+
+class LayerCache(NamedTuple):
+    """What layer i's decode op takes: its ring buffers, the shared counters, and whether it advances them."""
+    k: torch.Tensor
+    v: torch.Tensor
+    lengths: torch.Tensor
+    starts: torch.Tensor
+    advance: bool
 
 
 class KVCache:
@@ -18,8 +29,8 @@ class KVCache:
         shape = (batch_size, n_kv_head, capacity, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.lengths = [torch.zeros(batch_size, device=device, dtype=torch.int32) for _ in range(n_layer)]
-        self.starts = [torch.zeros(batch_size, device=device, dtype=torch.int32) for _ in range(n_layer)]
+        self.lengths = torch.zeros(batch_size, device=device, dtype=torch.int32)  # (B,) the next position
+        self.starts = torch.zeros(batch_size, device=device, dtype=torch.int32)  # (B,) the oldest valid one
 
     @classmethod
     def for_model(cls, model, batch_size: int, capacity: int | None = None, device=None, dtype=None) -> KVCache:
@@ -28,8 +39,8 @@ class KVCache:
         return cls(cfg.n_layer, batch_size, cfg.kv_heads, capacity or cfg.block_size, cfg.head_dim,
                    device or param.device, dtype or param.dtype)
 
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.k[i], self.v[i], self.lengths[i], self.starts[i]
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], self.lengths, self.starts, advance=i == len(self.k) - 1)
 
     def rows(self, b: int) -> KVCache:
         """A view of sequence b alone (batch of one); writes go to this cache."""
@@ -37,14 +48,14 @@ class KVCache:
         view.batch_size, view.capacity = 1, self.capacity
         view.k = [t[b:b + 1] for t in self.k]
         view.v = [t[b:b + 1] for t in self.v]
-        view.lengths = [t[b:b + 1] for t in self.lengths]
-        view.starts = [t[b:b + 1] for t in self.starts]
+        view.lengths = self.lengths[b:b + 1]
+        view.starts = self.starts[b:b + 1]
         return view
 
     def positions(self, n_new: int) -> torch.Tensor:
         """(B, n_new) absolute positions of the next n_new tokens of every sequence (on the device)."""
-        return self.lengths[0].long()[:, None] + torch.arange(n_new, device=self.lengths[0].device)
+        return self.lengths.long()[:, None] + torch.arange(n_new, device=self.lengths.device)
 
     def reset(self) -> None:
-        for t in self.lengths + self.starts:
-            t.zero_()
+        self.lengths.zero_()
+        self.starts.zero_()

@@ -81,7 +81,7 @@ class Engine:
             if history is not None:
                 for b in range(B):
                     history[b].append(int(next_ids[b]))
-                if int(cache.lengths[0].max()) >= self.block_size:
+                if int(cache.lengths.max()) >= self.block_size:
                     last = self._recompute_last(history)  # learned positions can't slide
                     continue
             last = step(next_ids)
@@ -112,12 +112,11 @@ class Engine:
                 # Capture after the first eager step has warmed up every kernel (and Triton's compile cache).
                 out = step(static_ids)
                 graph = torch.cuda.CUDAGraph()
-                saved = [(t.clone(), s.clone()) for t, s in zip(cache.lengths, cache.starts)]
+                saved = cache.lengths.clone(), cache.starts.clone()
                 with torch.cuda.graph(graph):
                     static_out = step(static_ids)
-                for (length, start), t, s in zip(saved, cache.lengths, cache.starts):  # capture advanced them
-                    t.copy_(length)
-                    s.copy_(start)
+                cache.lengths.copy_(saved[0])  # capture advanced them
+                cache.starts.copy_(saved[1])
                 return out
             graph.replay()
             return static_out

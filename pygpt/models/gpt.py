@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,9 @@ import torch.nn.functional as F
 import pygpt.ops as ops
 
 from .layers import MLP, make_norm, sinusoidal_table
+
+if TYPE_CHECKING:
+    from pygpt.infer.cache import LayerCache
 
 POSITIONS = ("rope", "learned", "sinusoidal")
 
@@ -86,13 +90,14 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual_init = True
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: tuple | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
-        if cache is not None:  # decode: attend over this layer's KV cache, then append k, v to it
-            y = ops.rope_decode_attention(q, k, v, *cache, base=self.rope_base, rope=self.rope)
+        if cache is not None:  # decode: attend over this layer's KV cache (a LayerCache), then append k, v to it
+            y = ops.rope_decode_attention(q, k, v, cache.k, cache.v, cache.lengths, cache.starts, base=self.rope_base,
+                                          rope=self.rope, advance=cache.advance)
         else:
             y = ops.rope_attention(q, k, v, positions if self.rope else None, causal=True, base=self.rope_base)
         return self.dropout(self.proj(y.reshape(B, T, H * D)))  # (B, T, C)
@@ -107,7 +112,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.n_embd, cfg.mlp, cfg.bias, cfg.dropout)
         self.mlp.down.residual_init = True
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: tuple | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), positions, cache)
         return x + self.mlp(self.norm2(x))
 

@@ -47,7 +47,8 @@ def kv_evict_reference(lengths: torch.Tensor, starts: torch.Tensor, counts: torc
 
 def rope_decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                                     v_cache: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor,
-                                    scale: float | None = None, base: float = 10000.0, rope: bool = True) -> torch.Tensor:
+                                    scale: float | None = None, base: float = 10000.0, rope: bool = True,
+                                    advance: bool = True) -> torch.Tensor:
     """The decode step in plain Torch (a loop over sequences); mutates the cache like the kernels."""
     B, Tn, H, D = q.shape
     Hkv, C = k_cache.shape[1], k_cache.shape[2]
@@ -69,7 +70,10 @@ def rope_decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.T
         scores = torch.einsum("thd,hnd->htn", q[b].to(compute), keys) * scale
         scores = scores.masked_fill(~visible[None], float("-inf"))
         out[b] = torch.einsum("htn,hnd->thd", scores.softmax(-1), values).to(q.dtype)
-    kv_append_reference(k_cache, v_cache, lengths, starts, k, v)
+    if advance:
+        kv_append_reference(k_cache, v_cache, lengths, starts, k, v)
+    else:
+        kv_append_reference(k_cache, v_cache, lengths.clone(), starts.clone(), k, v)
     return out
 
 
@@ -126,8 +130,12 @@ def kv_evict(lengths: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor) 
 
 def rope_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                           v_cache: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor,
-                          scale: float | None = None, base: float = 10000.0, rope: bool = True) -> torch.Tensor:
-    """Decode Tn new tokens: q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> (B, Tn, H, D); appends to the cache."""
+                          scale: float | None = None, base: float = 10000.0, rope: bool = True,
+                          advance: bool = True) -> torch.Tensor:
+    """Decode Tn new tokens: q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> (B, Tn, H, D); appends to the cache.
+
+    advance=False leaves lengths / starts as they are: layers sharing one pair of counters pass True in the
+    last layer only (one counter update a step instead of one a layer)."""
     op = "rope_decode_attention"
     check_cache(op, k_cache, v_cache, lengths, starts)
     check_new_rows(op, k_cache, k, v)
@@ -141,8 +149,10 @@ def rope_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_c
         raise ValueError(f"pygpt.{op}: head_dim must be even for RoPE, got {q.shape[-1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if backend_for(q.device) == "reference" or (q.device.type != "cpu" and q.dtype == torch.float64):
-        return rope_decode_attention_reference(q, k, v, k_cache, v_cache, lengths, starts, scale, base, rope)
-    return torch.ops.pygpt.rope_decode_attention(q, k, v, k_cache, v_cache, lengths, starts, scale, base, rope)
+        return rope_decode_attention_reference(q, k, v, k_cache, v_cache, lengths, starts, scale, base, rope,
+                                               advance)
+    return torch.ops.pygpt.rope_decode_attention(q, k, v, k_cache, v_cache, lengths, starts, scale, base, rope,
+                                                 advance)
 
 
 # ---- registration -------------------------------------------------------------------------------------------
@@ -164,12 +174,12 @@ def _evict_on_cuda(lengths, starts, counts) -> None:
     kv_evict_triton(lengths, starts, counts)
 
 
-def _decode_on_cuda(q, k, v, k_cache, v_cache, lengths, starts, scale, base=10000.0, rope=True):
+def _decode_on_cuda(q, k, v, k_cache, v_cache, lengths, starts, scale, base=10000.0, rope=True, advance=True):
     from pygpt.kernels.decode_attention import rope_decode_attention_triton
     from pygpt.kernels.rotary import _inv_freq
 
     return rope_decode_attention_triton(q, k, v, k_cache, v_cache, lengths, starts, scale,
-                                        _inv_freq(q.shape[-1], float(base), q.device), rope)
+                                        _inv_freq(q.shape[-1], float(base), q.device), rope, advance=advance)
 
 
 def _register() -> None:
