@@ -29,15 +29,17 @@ and each pass over a 128K-entry row is then a long chain of dependent loads in o
 segments (about two programs a multiprocessor, segments of >= 2048 columns), and the fast path runs as three
 launches: per-segment max / histogram / mass, per-segment compaction at offsets every segment computes from
 the histograms, and the tile draw (or the general path) one program a row - see the comment above _split_plan.
-Its ids are the one-program fast path's (same candidates in the same order, same uniform) except for top-p
-without top-k, whose mass is summed in another order.
+When both paths take the tile, the kept tokens, their order and the uniform are the same, so the ids are too,
+up to summation order (top-p alone sums the row's mass per segment; non-kept extra candidates of the split
+path's slack bin shift the tile's sums). Its cut differs slightly (bins of x, one bin of slack), so one path may
+take the tile where the other falls back to the general path: valid draws, different ids.
 
 The general path's draw is one pass of weighted reservoir sampling over the chunks: in chunk c (mass w_c) a
 candidate is drawn by inverse CDF (tl.cumsum) with a uniform u1, and replaces the current choice with
 probability w_c / W_c (W_c the mass of chunks 0..c) with a second uniform u2; the result is distributed as p
 restricted to the kept set. Uniforms come from Philox-4x32-10 keyed by the seed with counter (offset lo,
 offset hi, row, chunk), so the ids depend only on (seed, offset, row) and the launch configuration (BLOCK_V,
-ROWS, and for top-p alone the split count), never on timing.
+ROWS, and the split count), never on timing.
 
 Rows are never raised on (a GPU kernel cannot): the id is -3 when the row's temperature / top_k / top_p / min_p
 is out of range, else -1 for NaN logits, else -2 for a row of all -inf. The Python wrapper reports them.
@@ -236,15 +238,16 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
 def _cut_bin(hist, mass, k_s, tp, mp, need_k, NB: tl.constexpr, SLACK: tl.constexpr):
     """The fast path's cut: the last bin (bin b: -z in about [b/4, (b+1)/4)) that can hold a kept token.
     top-k: the bin of the k-th largest z; else the first bin whose mass lower bound reaches top_p of the mass,
-    or min-p's. SLACK bins are added (the split path's bins are only aligned to z within a bin), twice to min-p's
-    (a split-path bin g holds z > -(g + 1) / 4 but only z < -(g - 1) / 4)."""
+    or min-p's. SLACK bins are added for the split path, whose bins are of x: tokens whose fp32 keys tie (so
+    that both stay) may straddle a bin edge. min-p's bin has one more: a split-path bin g only bounds -4z > g - 1
+    (one-program bins: -4z > g), and on the one-program path it is a margin for tl.log / tl.exp rounding."""
     bins = tl.arange(0, NB)
     cum = tl.cumsum(hist, axis=0)
     b_k = tl.min(tl.where(cum >= k_s, bins, NB), axis=0)
     lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(bins + 1).to(tl.float32) * BIN_W), axis=0)
     b_p = tl.min(tl.where(lower >= tp * mass * 1.0001, bins, NB), axis=0)
     b_p = tl.where(tp < 1.0, b_p, NB)
-    b_m = tl.minimum(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W, NB * 1.0).to(tl.int32) + SLACK
+    b_m = tl.minimum(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W, NB * 1.0).to(tl.int32) + 1
     b_m = tl.where(mp > 0.0, b_m, NB)
     return tl.minimum(tl.where(need_k, b_k, tl.minimum(b_p, b_m)) + SLACK, NB)
 
@@ -257,15 +260,15 @@ def _cut_bin(hist, mass, k_s, tp, mp, need_k, NB: tl.constexpr, SLACK: tl.conste
 #      segments, so that the row's histogram is the segments' ones shifted by whole bins.
 #   2. _split_compact_kernel: every segment recomputes the row's cut from the partials (cheap: S x NB ints),
 #      and, when the candidates fit the tile, writes its own at its offset (the candidates of the segments
-#      before it): the row's candidates in id order, as the one-program fast path would.
-#   3. _sample_kernel (SP > 0): the row's max / argmax / NaN from the partials, then the tile draw, or the
-#      general path on the whole row when the candidates did not fit.
+#      before it): the row's candidates in id order. Segment 0 also stores the count and whether they fit.
+#   3. _sample_kernel (SP > 0): the row's max / argmax / NaN / mass from the partials, then the tile draw with
+#      the count launch 2 stored (never recomputed: it must be the one the candidates were written with), or
+#      the general path on the whole row when the candidates did not fit.
 @triton.jit
-def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t, k_s, tp,
-                mp, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
-    """The row's max, first argmax, NaN and mass from its segments' partials; the row's top bin and 4 / T; the
-    cut bin; the candidates in the segments before each one (SP,), their count and whether the fast path can
-    run (the cut in range, the candidates fit the tile, bins exact in fp32, no +inf)."""
+def _row_stats(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, row, S, V, t, SP: tl.constexpr):
+    """The row's max, first argmax, NaN and mass from its segments' partials; whether the row can use bins (finite
+    max, T > 0); which segments hold a finite value, their max (the row's where not) and the row's temperature
+    (1 where it cannot be used)."""
     s = tl.arange(0, SP)
     smask = s < S
     part = row * S + s
@@ -278,25 +281,37 @@ def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hi
     t = tl.where(finite, t, 1.0)
     m_f = tl.where(finite, m, 0.0)
     m_s = tl.where(live, m_s, m_f)
+    mass_s = tl.load(part_mass_ptr + part, mask=smask, other=0.0)
+    mass = tl.sum(tl.where(live, mass_s * tl.exp((m_s - m_f) / t), 0.0), axis=0)
+    return m, argmax, nan, mass, finite, live, m_s, m_f, t
+
+
+@triton.jit
+def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t, k_s, tp,
+                mp, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
+    """_row_stats, then the row's top bin and 4 / T, the cut bin, the candidates in the segments before each
+    one (SP,), their count and whether the fast path can run (the cut in range, the candidates fit the tile,
+    bins exact in fp32, no +inf)."""
+    m, argmax, nan, mass, finite, live, m_s, m_f, t = _row_stats(part_max_ptr, part_arg_ptr, part_nan_ptr,
+                                                                   part_mass_ptr, row, S, V, t, SP)
     inv_tw = INV_BIN_W / t
     top_s = tl.floor(m_s * inv_tw)
     top = tl.floor(m_f * inv_tw)
-    mass_s = tl.load(part_mass_ptr + part, mask=smask, other=0.0)
-    mass = tl.sum(tl.where(live, mass_s * tl.exp((m_s - m_f) / t), 0.0), axis=0)
     # Segment s's bin r is the row's bin r + top - top_s.
+    s = tl.arange(0, SP)
+    part = row * S + s
     g = tl.arange(0, NB)
     r = g[None, :] - (top - top_s)[:, None]
     use = live[:, None] & (r >= 0.0) & (r < NB - 1.0)
     hs = tl.load(part_hist_ptr + part.to(tl.int64)[:, None] * NB + tl.where(use, r, 0.0).to(tl.int32), mask=use,
                  other=0)
     need_k = (k_s > 0) & (k_s < V)
-    # A token of bin g has z within a bin of -g / 4 (top * T / 4 <= m < (top + 1) * T / 4): one bin of slack.
+    # The bins are monotone in x, so bin-level bounds hold as on the one-program path; one bin of slack for ties.
     b_sel = _cut_bin(tl.sum(hs, axis=0), mass, k_s, tp, mp, need_k, NB, 1)
-    seg_count = tl.sum(tl.where(g[None, :] <= b_sel, hs, 0), axis=1)
-    before = tl.cumsum(seg_count, axis=0) - seg_count
+    seg_count = tl.sum(tl.where(g[None, :] <= b_sel, hs, 0), axis=1)  # (SP,)
     count = tl.sum(seg_count, axis=0)
     ok = finite & (b_sel < NB - 1) & (count <= CAP) & (tl.abs(top) < 4194304.0)  # 2^22: bins exact in fp32
-    return m, argmax, nan, mass, top, inv_tw, b_sel, before, count, ok
+    return m, nan, top, inv_tw, b_sel, seg_count, count, ok
 
 
 @triton.jit
@@ -315,7 +330,8 @@ def _split_stats_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp
     t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
     hist = tl.zeros([NB], tl.int32)
     mass = tl.zeros([1], tl.float32)
-    draws = ~bad_param & ~greedy & (nan == 0) & (m > float("-inf")) & (m < float("inf"))
+    truncates = ((k > 0) & (k < V)) | (top_p < 1.0) | (min_p > 0.0)  # else no cut: the general path draws
+    draws = ~bad_param & ~greedy & truncates & (nan == 0) & (m > float("-inf")) & (m < float("inf"))
     if tl.max(draws.to(tl.int32), axis=0) > 0:
         inv_tw = INV_BIN_W / t
         top = tl.floor(m * inv_tw)
@@ -335,9 +351,10 @@ def _split_stats_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp
 
 @triton.jit
 def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, part_max_ptr,
-                          part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, scratch_ptr, V, S, SEG,
-                          TILE: tl.constexpr, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
-    """Launch 2 of the split path, one program a (row, segment): its candidates into the row's scratch."""
+                          part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, plan_ptr, scratch_ptr, V, S,
+                          SEG, TILE: tl.constexpr, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
+    """Launch 2 of the split path, one program a (row, segment): its candidates into the row's scratch; segment 0
+    stores the row's [count, fast path taken] at plan_ptr + 2 * row."""
     row = tl.program_id(0)
     seg = tl.program_id(1)
     rows = row + tl.zeros([1], tl.int32)
@@ -345,14 +362,17 @@ def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, mi
     row_off = rows.to(tl.int64) * stride_b
     t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
     t_s = tl.max(t, axis=0)
-    m, argmax, nan, mass, top, inv_tw, b_sel, before, count, ok = _split_plan(
+    m, nan, top, inv_tw, b_sel, seg_count, count, ok = _split_plan(
         part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t_s, tl.max(k, axis=0),
         tl.max(top_p, axis=0), tl.max(min_p, axis=0), SP, NB, CAP)
     m_row = tl.zeros([1], tl.float32) + m
     active = ~bad_param & ~greedy & ((tl.zeros([1], tl.int32) + nan) == 0) & (m_row > float("-inf"))
-    if ok & (tl.max(active.to(tl.int32), axis=0) > 0):
+    fast = ok & (tl.max(active.to(tl.int32), axis=0) > 0)
+    if seg == 0:
+        tl.store(plan_ptr + 2 * row + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, count, fast.to(tl.int32)))
+    if fast:
         scratch = scratch_ptr + rows.to(tl.int64)[:, None] * CAP
-        base = tl.zeros([1], tl.int32) + tl.sum(tl.where(tl.arange(0, SP) == seg, before, 0), axis=0)
+        base = tl.zeros([1], tl.int32) + tl.sum(tl.where(tl.arange(0, SP) < seg, seg_count, 0), axis=0)
         lo = seg * SEG
         hi = tl.minimum(lo + SEG, V)
         for start in range(lo, hi, TILE):
@@ -366,7 +386,7 @@ def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, mi
 
 @triton.jit
 def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, rng_ptr, out_ptr, scratch_ptr,
-                   part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, B, V, S,
+                   part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, plan_ptr, B, V, S,
                    ROWS: tl.constexpr, BLOCK_V: tl.constexpr, NP: tl.constexpr, KEY_PASSES: tl.constexpr,
                    NB: tl.constexpr, CAP: tl.constexpr, SP: tl.constexpr):
     """One program a ROWS rows. SP > 0: launch 3 of the split path (ROWS == 1, S segments a row, partials and
@@ -376,9 +396,10 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
     row_off = rows.to(tl.int64) * stride_b
     t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
     if SP > 0:
-        m_r, arg_r, nan_r, row_mass, _top, _inv_tw, _b_sel, _before, count, split_ok = _split_plan(
-            part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, tl.program_id(0), S, V,
-            tl.max(t, axis=0), tl.max(k, axis=0), tl.max(top_p, axis=0), tl.max(min_p, axis=0), SP, NB, CAP)
+        m_r, arg_r, nan_r, row_mass, _finite, _live, _m_s, _m_f, _t = _row_stats(
+            part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, tl.program_id(0), S, V, tl.max(t, axis=0), SP)
+        count = tl.load(plan_ptr + 2 * tl.program_id(0))
+        split_fast = tl.load(plan_ptr + 2 * tl.program_id(0) + 1) != 0
         m = tl.zeros([ROWS], tl.float32) + m_r
         argmax = tl.zeros([ROWS], tl.int32) + arg_r
         nan = tl.zeros([ROWS], tl.int32) + nan_r
@@ -398,7 +419,7 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
     sel = argmax
     done = tl.zeros([ROWS], tl.int1)  # rows finished by the fast path
     if SP > 0:
-        if split_ok & (tl.max(active.to(tl.int32), axis=0) > 0):
+        if split_fast:
             k_s = tl.max(k, axis=0)
             scratch = scratch_ptr + rows.to(tl.int64)[:, None] * CAP
             sel = _tile_draw(scratch, count, row_mass, rows, k_s, tl.max(top_p, axis=0), tl.max(min_p, axis=0),
@@ -484,7 +505,7 @@ def _sm_count(device_index: int) -> int:
 def split_count(B: int, V: int, sm_count: int) -> int:
     """Segments a row for the split path on a GPU of sm_count multiprocessors: enough programs for about two a
     multiprocessor, segments of at least SPLIT_MIN_SEG columns; 1 (one program a row) for large batches."""
-    return max(1, min(triton.cdiv(V, SPLIT_MIN_SEG), triton.cdiv(2 * sm_count, B)))
+    return max(1, min(triton.cdiv(V, SPLIT_MIN_SEG), 2 * sm_count // B))
 
 
 def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -533,11 +554,13 @@ def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     B, V = logits.shape
     S = triton.cdiv(V, seg)
     device = logits.device
-    # Partials, one int32 buffer: max (f32), argmax, NaN, mass (f32) per (row, segment), then the histograms.
-    part = torch.empty(B * S * (4 + NUM_BINS), dtype=torch.int32, device=device)
-    n = B * S
+    # Partials, one int32 buffer: max (f32), argmax, NaN, mass (f32) per (row, segment), the histograms, then
+    # [count, fast] per row; each slice 16-byte aligned (n a multiple of 4), as Triton specialises on it.
+    n = -(-B * S // 4) * 4
+    part = torch.empty(n * (4 + NUM_BINS) + 2 * B, dtype=torch.int32, device=device)
     part_max, part_arg, part_nan = part[:n].view(torch.float32), part[n:2 * n], part[2 * n:3 * n]
-    part_mass, part_hist = part[3 * n:4 * n].view(torch.float32), part[4 * n:]
+    part_mass, part_hist = part[3 * n:4 * n].view(torch.float32), part[4 * n:n * (4 + NUM_BINS)]
+    plan = part[n * (4 + NUM_BINS):]
     cap = min(FAST_CAP, triton.next_power_of_2(V))
     scratch = torch.empty(B * cap, dtype=torch.int64, device=device)
     warps = 8 if seg_tile >= 2048 else 4
@@ -546,9 +569,11 @@ def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     _split_stats_kernel[(B, S)](logits, logits.stride(0), *params, *partials, V, S, seg, TILE=seg_tile,
                                 NB=NUM_BINS, num_warps=warps)
     sp = triton.next_power_of_2(S)
-    _split_compact_kernel[(B, S)](logits, logits.stride(0), *params, *partials, scratch, V, S, seg, TILE=seg_tile,
-                                  SP=sp, NB=NUM_BINS, CAP=cap, num_warps=warps)
+    _split_compact_kernel[(B, S)](logits, logits.stride(0), *params, *partials, plan, scratch, V, S, seg,
+                                  TILE=seg_tile, SP=sp, NB=NUM_BINS, CAP=cap,
+                                  num_warps=16 if sp >= 128 else warps)  # the (SP, NB) histograms: no spills
     _sample_kernel[(B,)](
-        logits, logits.stride(0), *params, rng_state, out, scratch, *partials, B, V, S, ROWS=1, BLOCK_V=block_v,
-        NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS, CAP=cap, SP=sp, num_warps=8)
+        logits, logits.stride(0), *params, rng_state, out, scratch, *partials[:4], plan, B, V, S, ROWS=1,
+        BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS, CAP=cap, SP=sp,
+        num_warps=8)
     return out

@@ -291,9 +291,9 @@ def test_triton_fast_path_falls_back_per_row(needs_triton):
 @pytest.mark.parametrize("splits, block_v", [(2, 256), (7, 128)])
 def test_triton_split_path_matches_one_program_a_row(needs_triton, splits, block_v):
     """The split path (a row over several programs: partial max / histogram, compaction per segment) draws the
-    ids of the one-program fast path, falls back to the general path on the same rows (flat, +inf, bins beyond
-    fp32's exact range) and flags the same bad rows. Only top-p without top-k may differ: it sums the row's
-    mass in another order, so those draws are checked against the truncated set instead."""
+    ids of the one-program fast path on these rows, where both take the tile (or both the general path: flat,
+    +inf, bins beyond fp32's exact range), and flags the same bad rows. Top-p without top-k sums the row's mass
+    in another order, so those draws are checked against the truncated set instead."""
     from pygpt.kernels.sample import sample_triton
 
     g = torch.Generator().manual_seed(5)
