@@ -18,7 +18,7 @@ The passes are skipped when no row of the program needs them.
 Fast path (one row a program, the row longer than a chunk): pass 2 builds a histogram of z in bins of width
 1/4 (tl.histogram; z below -15.75 is not counted) and, without top-k, the row's mass; from it a bin edge L is
 chosen such that every token that can be kept has z >= L: the bin holding the k-th largest z (top-k), else the
-first bin whose mass lower bound (count * exp(bin's low edge)) reaches top_p of the mass, or the min-p cut.
+first bin above which top_p of the mass surely lies (bounds of each bin's mass from its edges), or min-p's.
 When at most CAP tokens lie above L, pass 3 compacts them (key << 32 | id) into a per-row scratch buffer, and
 the rest happens on that tile in registers: the same top-k / top-p bisections as the general path, min-p,
 and an inverse-CDF draw (tl.cumsum) with one uniform. Three passes over the row in all. Otherwise (a flat row,
@@ -214,7 +214,7 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
     bins = tl.arange(0, NB)
     mass = tl.sum(total, axis=0)
     # The highest bin edge below every token that can be kept; a bin's p is at least exp(its low edge).
-    b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, NB, 0)
+    b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, V, NB, 0)
     count = tl.sum(tl.where(bins <= b_sel, hist, 0), axis=0)
     ok = (b_sel < NB - 1) & (count <= CAP)
     ids = tl.full([1], -1, tl.int32)
@@ -235,17 +235,24 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
 
 
 @triton.jit
-def _cut_bin(hist, mass, k_s, tp, mp, need_k, NB: tl.constexpr, SLACK: tl.constexpr):
-    """The fast path's cut: the last bin (bin b: -z in about [b/4, (b+1)/4)) that can hold a kept token.
-    top-k: the bin of the k-th largest z; else the first bin whose mass lower bound reaches top_p of the mass,
-    or min-p's. SLACK bins are added for the split path, whose bins are of x: tokens whose fp32 keys tie (so
+def _cut_bin(hist, mass, k_s, tp, mp, need_k, n, NB: tl.constexpr, SLACK: tl.constexpr):
+    """The fast path's cut: the last bin (bin b: -z in about [b/4, (b+1)/4)) that can hold a kept token, from
+    the histogram (NB,) of a row of n tokens and its mass.
+    top-k: the bin of the k-th largest z. top-p: the first bin b such that the tokens of bins <= b surely hold
+    top_p of the mass - their mass's lower bound reaches it, or the upper bound of the mass below them (bins
+    > b and the tokens below the histogram) leaves it; a bound alone is loose by up to e^(1/4) a token, so the
+    lower one never reaches a top_p near 0.9 when the mass is spread over bins. min-p: its bin. SLACK bins are added for the split path, whose bins are of x: tokens whose fp32 keys tie (so
     that both stay) may straddle a bin edge. min-p's bin has one more: a split-path bin g only bounds -4z > g - 1
     (one-program bins: -4z > g), and on the one-program path it is a margin for tl.log / tl.exp rounding."""
     bins = tl.arange(0, NB)
     cum = tl.cumsum(hist, axis=0)
     b_k = tl.min(tl.where(cum >= k_s, bins, NB), axis=0)
     lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(bins + 1).to(tl.float32) * BIN_W), axis=0)
-    b_p = tl.min(tl.where(lower >= tp * mass * 1.0001, bins, NB), axis=0)
+    upper = hist.to(tl.float32) * tl.exp(-(bins - SLACK).to(tl.float32) * BIN_W)
+    below = tl.sum(upper, axis=0) - tl.cumsum(upper, axis=0)  # bins > b
+    below += (n - tl.sum(hist, axis=0)).to(tl.float32) * tl.exp(-(NB - 1.0 - SLACK) * BIN_W)
+    surely = (lower >= tp * mass * 1.0001) | (below <= mass * (1.0 - tp * 1.0001))
+    b_p = tl.min(tl.where(surely, bins, NB), axis=0)
     b_p = tl.where(tp < 1.0, b_p, NB)
     b_m = tl.minimum(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W, NB * 1.0).to(tl.int32) + 1
     b_m = tl.where(mp > 0.0, b_m, NB)
@@ -307,7 +314,7 @@ def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hi
                  other=0)
     need_k = (k_s > 0) & (k_s < V)
     # The bins are monotone in x, so bin-level bounds hold as on the one-program path; one bin of slack for ties.
-    b_sel = _cut_bin(tl.sum(hs, axis=0), mass, k_s, tp, mp, need_k, NB, 1)
+    b_sel = _cut_bin(tl.sum(hs, axis=0), mass, k_s, tp, mp, need_k, V, NB, 1)
     seg_count = tl.sum(tl.where(g[None, :] <= b_sel, hs, 0), axis=1)  # (SP,)
     count = tl.sum(seg_count, axis=0)
     ok = finite & (b_sel < NB - 1) & (count <= CAP) & (tl.abs(top) < 4194304.0)  # 2^22: bins exact in fp32
@@ -548,9 +555,10 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
 
 def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                   min_p: torch.Tensor, rng_state: torch.Tensor, out: torch.Tensor, seg: int, seg_tile: int,
-                  block_v: int) -> torch.Tensor:
+                  block_v: int, plan: torch.Tensor | None = None) -> torch.Tensor:
     """The split path (see the comment above _split_plan): segments of `seg` columns read in `seg_tile` chunks;
-    block_v: the chunk of the general path, if a row falls back to it."""
+    block_v: the chunk of the general path, if a row falls back to it. plan (B, 2) int32, if given, receives each
+    row's [candidates, fast path taken] (tests check which path ran)."""
     B, V = logits.shape
     S = triton.cdiv(V, seg)
     device = logits.device
@@ -560,7 +568,7 @@ def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     part = torch.empty(n * (4 + NUM_BINS) + 2 * B, dtype=torch.int32, device=device)
     part_max, part_arg, part_nan = part[:n].view(torch.float32), part[n:2 * n], part[2 * n:3 * n]
     part_mass, part_hist = part[3 * n:4 * n].view(torch.float32), part[4 * n:n * (4 + NUM_BINS)]
-    plan = part[n * (4 + NUM_BINS):]
+    plan = part[n * (4 + NUM_BINS):] if plan is None else plan
     cap = min(FAST_CAP, triton.next_power_of_2(V))
     scratch = torch.empty(B * cap, dtype=torch.int64, device=device)
     warps = 8 if seg_tile >= 2048 else 4

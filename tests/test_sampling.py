@@ -339,6 +339,23 @@ def test_triton_split_path_min_p_cut_at_a_bin_edge(needs_triton):
     assert set(split.tolist()) == {3, 900, 1200}
 
 
+def test_triton_split_path_takes_the_tile_for_top_p_09(needs_triton):
+    """top-p 0.9 over a row whose mass is spread over many bins (the benchmark's logits): the bins' mass lower
+    bounds add up to ~0.85 of the mass and never reach 0.9, so the cut also uses the upper bound of the mass
+    below it; the candidates then fit the tile and the fast path runs (it fell back to the general path)."""
+    from pygpt.kernels import sample as kernels
+
+    B, V = 3, 3000
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(0)) * 3
+    params = _rows(B, 0.8, 0, 0.9, 0.0)
+    plan = torch.zeros(B, 2, dtype=torch.int32)
+    out = torch.empty(B, dtype=torch.int64)
+    kernels._sample_split(logits, *params, ops.make_rng_state(0), out, 1024, 1024, 1024, plan=plan)
+    assert plan[:, 1].tolist() == [1, 1, 1], plan
+    assert (plan[:, 0] < kernels.FAST_CAP).all()
+    assert allowed(logits, *params)[torch.arange(B), out].all()
+
+
 def test_public_sample_rng_state_and_generator():
     B, V = 16, 100
     logits = torch.randn(B, V)
