@@ -16,7 +16,7 @@ which shrinks it by NP + 1; KEY_PASSES passes pin K exactly (8 for NP = 16 over 
 The passes are skipped when no row of the program needs them.
 
 Fast path (one row a program, the row longer than a chunk): pass 2 builds a histogram of z in bins of width
-1/4 (tl.histogram; z below -15.75 is not counted) and, without top-k, the row's mass; from it a bin edge L is
+1/8 (tl.histogram; z below -15.875 is not counted) and, without top-k, the row's mass; from it a bin edge L is
 chosen such that every token that can be kept has z >= L: the bin holding the k-th largest z (top-k), else the
 first bin above which top_p of the mass surely lies (bounds of each bin's mass from its edges), or min-p's.
 When at most CAP tokens lie above L, pass 3 compacts them (key << 32 | id) into a per-row scratch buffer, and
@@ -29,6 +29,9 @@ and each pass over a 128K-entry row is then a long chain of dependent loads in o
 segments (about two programs a multiprocessor, segments of >= 2048 columns), and the fast path runs as three
 launches: per-segment max / histogram / mass, per-segment compaction at offsets every segment computes from
 the histograms, and the tile draw (or the general path) one program a row - see the comment above _split_plan.
+Without top-k, the tokens that are surely kept (the top bins under top-p / min-p; every token in plain
+sampling) stay out of the tile: their mass is summed per segment, and a draw that lands among them walks that
+one segment. So a nucleus larger than the tile (top-p 0.9 of 128K logits: ~1300 tokens) is three launches too.
 When both paths take the tile, the kept tokens, their order and the uniform are the same, so the ids are too,
 up to summation order (top-p alone sums the row's mass per segment; non-kept extra candidates of the split
 path's slack bin shift the tile's sums). Its cut differs slightly (bins of x, one bin of slack), so one path may
@@ -56,12 +59,13 @@ import triton.language as tl
 
 NUM_PIVOTS = 16
 KEY_MAX = tl.constexpr(0x7F800000)  # key(-inf); every key of a valid z is in [0, KEY_MAX]
-NUM_BINS = 64  # fast-path histogram: bin b holds -z in [b/4, (b+1)/4); the last one everything below
+NUM_BINS = 128  # fast-path histogram: bin b holds -z in [b/8, (b+1)/8) (about); the last one everything below
 FAST_CAP = 1024  # the most candidates the fast path holds in registers (2048 spills at 8 warps)
-INV_BIN_W = tl.constexpr(4.0)
-BIN_W = tl.constexpr(0.25)
+INV_BIN_W = tl.constexpr(8.0)
+BIN_W = tl.constexpr(0.125)
 SPLIT_MIN_SEG = 2048  # the split path's shortest segment (columns a program)
 SPLIT_MAX_TILE = 4096  # and its chunk: a segment is read in chunks of at most this
+SPLIT_MAX = 64  # segments a row at most: each program of launch 2 holds the (segments, NUM_BINS) histograms
 
 
 def _key_passes(num_pivots: int) -> int:
@@ -150,11 +154,13 @@ def _max_argmax_nan(logits_ptr, row_off, rmask, lo, hi, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _tile_draw(scratch, count, mass, rows, k_s, tp, mp, need_k, seed, off_lo, off_hi, CAP: tl.constexpr,
+def _tile_draw(scratch, count, mass, certain, rows, k_s, tp, mp, need_k, seed, off_lo, off_hi, CAP: tl.constexpr,
                NP: tl.constexpr, KEY_PASSES: tl.constexpr):
     """The fast path's last step for one row: its `count` candidates (key << 32 | id, in id order) from scratch
     into registers, the same threshold searches as the general path on them, min-p and the inverse-CDF draw.
-    mass: the row's sum of p (used by top-p without top-k). -> ids (1,)"""
+    mass: the row's sum of p (used by top-p without top-k); certain: the mass of the tokens surely kept that are
+    not in the tile (split path; 0 on the one-program path), which come first in the draw's order.
+    -> (ids (1,), goal): ids -1 when the draw's goal (a uniform times the kept mass) is below `certain`."""
     j = tl.arange(0, CAP)[None, :]
     valid = j < count
     tile = tl.load(scratch + j, mask=valid, other=0)
@@ -173,7 +179,7 @@ def _tile_draw(scratch, count, mass, rows, k_s, tp, mp, need_k, seed, off_lo, of
     p_k = tl.where(key_t.to(tl.int64) <= k_k[:, None], p_t, 0.0)
     # Without top-k the target is top_p of the whole row's mass; when the tile's mass does not reach it the
     # nucleus covers the tile (a prefix of the row by value) and the search keeps hi = all of it.
-    target = tp * tl.where(need_k, tl.sum(p_k, axis=1), mass)
+    target = tl.where(need_k, tp * tl.sum(p_k, axis=1), tp * mass - certain)
     k_p = k_k
     if tp < 1.0:
         lo = tl.full([1], -1, tl.int64)
@@ -186,10 +192,12 @@ def _tile_draw(scratch, count, mass, rows, k_s, tp, mp, need_k, seed, off_lo, of
     keep = (key_t.to(tl.int64) <= k_p[:, None]) & (p_t >= mp) & (p_t > 0.0)
     w = tl.where(keep, p_t, 0.0)
     r0, _, _, _ = tl.philox(seed, off_lo, off_hi, rows.to(tl.uint32), off_lo * 0)
-    goal = _uniform(r0) * tl.sum(w, axis=1)
-    pick = tl.min(tl.where(keep & (tl.cumsum(w, axis=1) > goal[:, None]), j, CAP), axis=1)
+    goal = _uniform(r0) * (certain + tl.sum(w, axis=1))
+    in_tile = goal - certain
+    pick = tl.min(tl.where(keep & (tl.cumsum(w, axis=1) > in_tile[:, None]), j, CAP), axis=1)
     pick = tl.where(pick < CAP, pick, tl.max(tl.where(keep, j, -1), axis=1))  # rounding: the last kept
-    return tl.sum(tl.where(j == pick[:, None], idx_t, 0), axis=1)
+    ids = tl.sum(tl.where(j == pick[:, None], idx_t, 0), axis=1)
+    return tl.where(in_tile >= 0.0, ids, -1), goal
 
 
 @triton.jit
@@ -214,7 +222,7 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
     bins = tl.arange(0, NB)
     mass = tl.sum(total, axis=0)
     # The highest bin edge below every token that can be kept; a bin's p is at least exp(its low edge).
-    b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, V, NB, 0)
+    b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, V, 1.0, 1.0, NB, 0)
     count = tl.sum(tl.where(bins <= b_sel, hist, 0), axis=0)
     ok = (b_sel < NB - 1) & (count <= CAP)
     ids = tl.full([1], -1, tl.int32)
@@ -229,48 +237,75 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
             tl.store(scratch + pos, (key.to(tl.int64) << 32) | c[None, :].to(tl.int64), mask=cand)
             base += tl.sum(cand.to(tl.int32), axis=1)
         tl.debug_barrier()
-        ids = _tile_draw(scratch, count, mass, rows, k_s, tp, mp, need_k, seed, off_lo, off_hi, CAP, NP,
-                         KEY_PASSES)
+        ids, _goal = _tile_draw(scratch, count, mass, 0.0, rows, k_s, tp, mp, need_k, seed, off_lo, off_hi, CAP,
+                                NP, KEY_PASSES)
     return ids, ok
 
 
 @triton.jit
-def _cut_bin(hist, mass, k_s, tp, mp, need_k, n, NB: tl.constexpr, SLACK: tl.constexpr):
-    """The fast path's cut: the last bin (bin b: -z in about [b/4, (b+1)/4)) that can hold a kept token, from
-    the histogram (NB,) of a row of n tokens and its mass.
+def _cut_bin(hist, mass, k_s, tp, mp, need_k, n, f_lo, f_hi, NB: tl.constexpr, SLACK: tl.constexpr):
+    """The fast path's cut: the last bin that can hold a kept token, from the histogram (NB,) of a row of n
+    tokens and its mass. A token of bin g has -z / BIN_W in (g + f - 1, g + f], so e^-(g + f_hi) BIN_W <= p <
+    e^-(g + f_lo - 1) BIN_W with f_lo <= f <= f_hi (one program a row: bins of z, f = 1; split path: bins of x,
+    f the row max's place in its bin, widened by fp32's rounding).
     top-k: the bin of the k-th largest z. top-p: the first bin b such that the tokens of bins <= b surely hold
-    top_p of the mass - their mass's lower bound reaches it, or the upper bound of the mass below them (bins
-    > b and the tokens below the histogram) leaves it; a bound alone is loose by up to e^(1/4) a token, so the
-    lower one never reaches a top_p near 0.9 when the mass is spread over bins. min-p: its bin. SLACK bins are added for the split path, whose bins are of x: tokens whose fp32 keys tie (so
-    that both stay) may straddle a bin edge. min-p's bin has one more: a split-path bin g only bounds -4z > g - 1
-    (one-program bins: -4z > g), and on the one-program path it is a margin for tl.log / tl.exp rounding."""
+    top_p of the mass - their mass's lower bound reaches it, or the upper bound of the mass below them (bins > b
+    and the tokens below the histogram) leaves it; each bound alone is loose by e^BIN_W a token, so the lower
+    one alone never reaches a top_p near 0.9 when the mass is spread over bins. min-p: the last bin whose
+    upper bound reaches min_p, plus one for tl.log / tl.exp rounding. SLACK bins are added (split path: fp32
+    keys that tie, so that both stay, may straddle an x-bin edge)."""
     bins = tl.arange(0, NB)
+    fbins = bins.to(tl.float32)
     cum = tl.cumsum(hist, axis=0)
     b_k = tl.min(tl.where(cum >= k_s, bins, NB), axis=0)
-    lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(bins + 1).to(tl.float32) * BIN_W), axis=0)
-    upper = hist.to(tl.float32) * tl.exp(-(bins - SLACK).to(tl.float32) * BIN_W)
+    lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(fbins + f_hi) * BIN_W), axis=0)
+    upper = hist.to(tl.float32) * tl.exp(-(fbins + f_lo - 1.0) * BIN_W)
     below = tl.sum(upper, axis=0) - tl.cumsum(upper, axis=0)  # bins > b
-    below += (n - tl.sum(hist, axis=0)).to(tl.float32) * tl.exp(-(NB - 1.0 - SLACK) * BIN_W)
+    below += (n - tl.sum(hist, axis=0)).to(tl.float32) * tl.exp(-(NB - 2.0 + f_lo) * BIN_W)
     surely = (lower >= tp * mass * 1.0001) | (below <= mass * (1.0 - tp * 1.0001))
     b_p = tl.min(tl.where(surely, bins, NB), axis=0)
     b_p = tl.where(tp < 1.0, b_p, NB)
-    b_m = tl.minimum(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W, NB * 1.0).to(tl.int32) + 1
+    reach = -tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W + 1.0 - f_lo  # bins g < reach may hold p >= min_p
+    b_m = tl.minimum(reach, NB * 1.0).to(tl.int32) + 1
     b_m = tl.where(mp > 0.0, b_m, NB)
     return tl.minimum(tl.where(need_k, b_k, tl.minimum(b_p, b_m)) + SLACK, NB)
+
+
+@triton.jit
+def _certain_bin(hist, mass, tp, mp, need_k, f_lo, f_hi, NB: tl.constexpr):
+    """The split path's first bin that may hold a token that is not kept (+inf: every token is kept): the tokens
+    of lower bins are surely kept, need not be in the tile, and only their mass counts (bounds as in _cut_bin).
+    top-p: a token of bin g is kept when the mass of the tokens above it - all in bins <= g, as the bins are
+    monotone in x - is below top_p of the mass: bounded by the bins' upper bounds, and by the mass less the
+    lower bounds below. min-p: its lower bound e^-(g + f_hi) BIN_W >= min_p, one bin of margin. With top-k:
+    none (the tile's top-k search needs all the candidates)."""
+    bins = tl.arange(0, NB).to(tl.float32)
+    lower = hist.to(tl.float32) * tl.exp(-(bins + f_hi) * BIN_W)
+    upper = hist.to(tl.float32) * tl.exp(-(bins + f_lo - 1.0) * BIN_W)
+    up_to = tl.minimum(tl.cumsum(upper, axis=0), mass - (tl.sum(lower, axis=0) - tl.cumsum(lower, axis=0)))
+    b_p = tl.min(tl.where(up_to >= tp * mass * 0.9999, bins, NB * 1.0), axis=0)
+    b_p = tl.where(tp < 1.0, b_p, float("inf"))
+    b_m = tl.where(mp > 0.0, tl.floor(-tl.log(tl.maximum(mp, 1e-30)) * INV_BIN_W - f_hi), float("inf"))
+    return tl.where(need_k, 0.0, tl.minimum(b_p, b_m))
 
 
 # ----------------------------------------------------------------------------------------------- split path
 # With few rows, one program a row leaves most of the GPU idle and each pass is latency-bound. The split path
 # spreads a row over S programs of SEG columns in three launches:
 #   1. _split_stats_kernel: a segment's max, first argmax, NaN, its mass relative to its own max and a histogram
-#      of its columns' bins. Bins are floor(x * 4 / T) counted down from the segment's top bin: aligned across
+#      of its columns' bins. Bins are floor(x * 8 / T) counted down from the segment's top bin: aligned across
 #      segments, so that the row's histogram is the segments' ones shifted by whole bins.
-#   2. _split_compact_kernel: every segment recomputes the row's cut from the partials (cheap: S x NB ints),
-#      and, when the candidates fit the tile, writes its own at its offset (the candidates of the segments
-#      before it): the row's candidates in id order. Segment 0 also stores the count and whether they fit.
-#   3. _sample_kernel (SP > 0): the row's max / argmax / NaN / mass from the partials, then the tile draw with
-#      the count launch 2 stored (never recomputed: it must be the one the candidates were written with), or
-#      the general path on the whole row when the candidates did not fit.
+#   2. _split_compact_kernel: every segment recomputes the row's cut from the partials (cheap: S x NB ints):
+#      bins < b_c hold tokens surely kept (_certain_bin), bins b_c..b_sel the candidates, the rest nothing kept.
+#      When the candidates fit the tile, it writes its own at its offset (the candidates of the segments before
+#      it) - the row's candidates in id order - and the mass of its surely kept tokens. Segment 0 also stores
+#      the row's plan: the candidates' count, whether they fit, b_c.
+#   3. _sample_kernel (SP > 0): the row's max / argmax / NaN / mass from the partials, then the draw over the
+#      surely kept tokens (segment by segment, in id order) followed by the tile: a goal below the surely kept
+#      mass picks a segment by those masses and walks it; else the tile draw. Or the general path on the whole
+#      row when the candidates did not fit. The plan is read, never recomputed: it must be the one the
+#      candidates were written with. A large nucleus (top-p 0.9 of 128K logits: ~1300 tokens, more than the
+#      tile) or plain sampling (every token surely kept) runs here in three launches too.
 @triton.jit
 def _row_stats(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, row, S, V, t, SP: tl.constexpr):
     """The row's max, first argmax, NaN and mass from its segments' partials; whether the row can use bins (finite
@@ -296,7 +331,7 @@ def _row_stats(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, row, S, 
 @triton.jit
 def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t, k_s, tp,
                 mp, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
-    """_row_stats, then the row's top bin and 4 / T, the cut bin, the candidates in the segments before each
+    """_row_stats, then the row's top bin and 8 / T, the cut bin, the candidates in the segments before each
     one (SP,), their count and whether the fast path can run (the cut in range, the candidates fit the tile,
     bins exact in fp32, no +inf)."""
     m, argmax, nan, mass, finite, live, m_s, m_f, t = _row_stats(part_max_ptr, part_arg_ptr, part_nan_ptr,
@@ -314,11 +349,17 @@ def _split_plan(part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hi
                  other=0)
     need_k = (k_s > 0) & (k_s < V)
     # The bins are monotone in x, so bin-level bounds hold as on the one-program path; one bin of slack for ties.
-    b_sel = _cut_bin(tl.sum(hs, axis=0), mass, k_s, tp, mp, need_k, V, NB, 1)
-    seg_count = tl.sum(tl.where(g[None, :] <= b_sel, hs, 0), axis=1)  # (SP,)
+    hist = tl.sum(hs, axis=0)
+    # The row max's place in its bin, widened by fp32's rounding of m * 8 / T and x * 8 / T (|top| < 2^22).
+    f = m_f * inv_tw - top
+    slop = 0.02 + tl.abs(top) * 4.8e-7
+    b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, V, f - slop, f + slop, NB, 1)
+    b_c = _certain_bin(hist, mass, tp, mp, need_k, f - slop, f + slop, NB)
+    seg_count = tl.sum(tl.where((g[None, :] >= b_c) & (g[None, :] <= b_sel), hs, 0), axis=1)  # (SP,)
     count = tl.sum(seg_count, axis=0)
-    ok = finite & (b_sel < NB - 1) & (count <= CAP) & (tl.abs(top) < 4194304.0)  # 2^22: bins exact in fp32
-    return m, nan, top, inv_tw, b_sel, seg_count, count, ok
+    fits = (b_c == float("inf")) | ((b_sel < NB - 1) & (count <= CAP))  # +inf: no candidates, all kept
+    ok = finite & fits & (tl.abs(top) < 4194304.0)  # 2^22: bins exact in fp32
+    return m, nan, top, inv_tw, b_c, b_sel, seg_count, count, ok
 
 
 @triton.jit
@@ -337,8 +378,7 @@ def _split_stats_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp
     t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
     hist = tl.zeros([NB], tl.int32)
     mass = tl.zeros([1], tl.float32)
-    truncates = ((k > 0) & (k < V)) | (top_p < 1.0) | (min_p > 0.0)  # else no cut: the general path draws
-    draws = ~bad_param & ~greedy & truncates & (nan == 0) & (m > float("-inf")) & (m < float("inf"))
+    draws = ~bad_param & ~greedy & (nan == 0) & (m > float("-inf")) & (m < float("inf"))
     if tl.max(draws.to(tl.int32), axis=0) > 0:
         inv_tw = INV_BIN_W / t
         top = tl.floor(m * inv_tw)
@@ -358,10 +398,12 @@ def _split_stats_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp
 
 @triton.jit
 def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, part_max_ptr,
-                          part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, plan_ptr, scratch_ptr, V, S,
-                          SEG, TILE: tl.constexpr, SP: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
-    """Launch 2 of the split path, one program a (row, segment): its candidates into the row's scratch; segment 0
-    stores the row's [count, fast path taken] at plan_ptr + 2 * row."""
+                          part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, part_cert_ptr, plan_ptr,
+                          scratch_ptr, V, S, SEG, TILE: tl.constexpr, SP: tl.constexpr, NB: tl.constexpr,
+                          CAP: tl.constexpr):
+    """Launch 2 of the split path, one program a (row, segment): its candidates into the row's scratch and the
+    mass of its surely kept tokens; segment 0 stores the row's plan [count, fast path taken, bits of b_c, 0] at
+    plan_ptr + 4 * row."""
     row = tl.program_id(0)
     seg = tl.program_id(1)
     rows = row + tl.zeros([1], tl.int32)
@@ -369,14 +411,18 @@ def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, mi
     row_off = rows.to(tl.int64) * stride_b
     t, k, top_p, min_p, bad_param, greedy = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, rows, rmask)
     t_s = tl.max(t, axis=0)
-    m, nan, top, inv_tw, b_sel, seg_count, count, ok = _split_plan(
+    m, nan, top, inv_tw, b_c, b_sel, seg_count, count, ok = _split_plan(
         part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_hist_ptr, row, S, V, t_s, tl.max(k, axis=0),
         tl.max(top_p, axis=0), tl.max(min_p, axis=0), SP, NB, CAP)
     m_row = tl.zeros([1], tl.float32) + m
     active = ~bad_param & ~greedy & ((tl.zeros([1], tl.int32) + nan) == 0) & (m_row > float("-inf"))
     fast = ok & (tl.max(active.to(tl.int32), axis=0) > 0)
     if seg == 0:
-        tl.store(plan_ptr + 2 * row + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, count, fast.to(tl.int32)))
+        q = tl.arange(0, 4)
+        b_c_bits = b_c.to(tl.int32, bitcast=True)
+        tl.store(plan_ptr + 4 * row + q, tl.where(q == 0, count, tl.where(q == 1, fast.to(tl.int32),
+                                                                           tl.where(q == 2, b_c_bits, 0))))
+    certain = tl.zeros([1], tl.float32)
     if fast:
         scratch = scratch_ptr + rows.to(tl.int64)[:, None] * CAP
         base = tl.zeros([1], tl.int32) + tl.sum(tl.where(tl.arange(0, SP) < seg, seg_count, 0), axis=0)
@@ -385,17 +431,50 @@ def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, mi
         for start in range(lo, hi, TILE):
             x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
             z, key = _z_key(x, cmask, m_row, t, rmask & False)
-            cand = cmask & (top - tl.floor(x * inv_tw) <= b_sel)
+            g = top - tl.floor(x * inv_tw)  # -inf and padding: +inf, never a candidate nor surely kept
+            cand = cmask & (g >= b_c) & (g <= b_sel)
+            certain += tl.sum(tl.where(cmask & (g < b_c), tl.exp(z), 0.0), axis=1)
             pos = base[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
             tl.store(scratch + pos, (key.to(tl.int64) << 32) | c[None, :].to(tl.int64), mask=cand & (pos < CAP))
             base += tl.sum(cand.to(tl.int32), axis=1)
+    tl.store(part_cert_ptr + row * S + seg + tl.zeros([1], tl.int32), certain)
+
+
+@triton.jit
+def _certain_draw(logits_ptr, row_off, rmask, cert_s, goal, m, t, b_c, S, SEG, V, SP: tl.constexpr,
+                  TILE: tl.constexpr):
+    """The split path's draw among the surely kept tokens (bins < b_c) for a goal below their mass: the segment
+    where the goal falls (cert_s (SP,): each segment's surely kept mass), then inverse CDF along it. -> id (1,)"""
+    s = tl.arange(0, SP)
+    cum = tl.cumsum(cert_s, axis=0)
+    g = tl.max(goal, axis=0)
+    seg = tl.min(tl.where((cum > g) & (cert_s > 0.0), s, SP), axis=0)
+    seg = tl.where(seg < SP, seg, tl.max(tl.where(cert_s > 0.0, s, -1), axis=0))  # rounding: the last one
+    rest = g - tl.sum(tl.where(s < seg, cert_s, 0.0), axis=0)
+    inv_tw = INV_BIN_W / t
+    top = tl.floor(m * inv_tw)
+    lo = seg * SEG
+    hi = tl.minimum(lo + SEG, V)
+    run = tl.zeros([1], tl.float32)
+    pick = tl.full([1], -1, tl.int32)
+    last = tl.full([1], -1, tl.int32)
+    for start in range(lo, hi, TILE):
+        x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
+        z, key = _z_key(x, cmask, m, t, rmask & False)
+        kept = cmask & (top[:, None] - tl.floor(x * inv_tw[:, None]) < b_c)
+        w = tl.where(kept, tl.exp(z), 0.0)
+        first = tl.min(tl.where(kept & (run[:, None] + tl.cumsum(w, axis=1) > rest), c[None, :], V), axis=1)
+        pick = tl.where((pick < 0) & (first < V), first, pick)
+        last = tl.maximum(last, tl.max(tl.where(kept, c[None, :], -1), axis=1))
+        run += tl.sum(w, axis=1)
+    return tl.where(pick >= 0, pick, last)
 
 
 @triton.jit
 def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr, rng_ptr, out_ptr, scratch_ptr,
-                   part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, plan_ptr, B, V, S,
+                   part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, part_cert_ptr, plan_ptr, B, V, S, SEG,
                    ROWS: tl.constexpr, BLOCK_V: tl.constexpr, NP: tl.constexpr, KEY_PASSES: tl.constexpr,
-                   NB: tl.constexpr, CAP: tl.constexpr, SP: tl.constexpr):
+                   NB: tl.constexpr, CAP: tl.constexpr, SP: tl.constexpr, SEG_TILE: tl.constexpr):
     """One program a ROWS rows. SP > 0: launch 3 of the split path (ROWS == 1, S segments a row, partials and
     candidates written by launches 1 and 2)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -405,8 +484,9 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
     if SP > 0:
         m_r, arg_r, nan_r, row_mass, _finite, _live, _m_s, _m_f, _t = _row_stats(
             part_max_ptr, part_arg_ptr, part_nan_ptr, part_mass_ptr, tl.program_id(0), S, V, tl.max(t, axis=0), SP)
-        count = tl.load(plan_ptr + 2 * tl.program_id(0))
-        split_fast = tl.load(plan_ptr + 2 * tl.program_id(0) + 1) != 0
+        count = tl.load(plan_ptr + 4 * tl.program_id(0))
+        split_fast = tl.load(plan_ptr + 4 * tl.program_id(0) + 1) != 0
+        b_c = tl.load(plan_ptr + 4 * tl.program_id(0) + 2).to(tl.float32, bitcast=True)
         m = tl.zeros([ROWS], tl.float32) + m_r
         argmax = tl.zeros([ROWS], tl.int32) + arg_r
         nan = tl.zeros([ROWS], tl.int32) + nan_r
@@ -429,8 +509,14 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
         if split_fast:
             k_s = tl.max(k, axis=0)
             scratch = scratch_ptr + rows.to(tl.int64)[:, None] * CAP
-            sel = _tile_draw(scratch, count, row_mass, rows, k_s, tl.max(top_p, axis=0), tl.max(min_p, axis=0),
-                             (k_s > 0) & (k_s < V), seed, off_lo, off_hi, CAP, NP, KEY_PASSES)
+            seg_ids = tl.arange(0, SP)
+            cert_s = tl.load(part_cert_ptr + tl.program_id(0) * S + seg_ids, mask=seg_ids < S, other=0.0)
+            sel, goal = _tile_draw(scratch, count, row_mass, tl.sum(cert_s, axis=0), rows, k_s,
+                                   tl.max(top_p, axis=0), tl.max(min_p, axis=0), (k_s > 0) & (k_s < V), seed,
+                                   off_lo, off_hi, CAP, NP, KEY_PASSES)
+            if tl.max(sel, axis=0) < 0:
+                sel = _certain_draw(logits_ptr, row_off, rmask, cert_s, goal, m_shift, t, b_c, S, SEG, V, SP,
+                                    SEG_TILE)
             done = active
     elif CAP > 0:  # ROWS == 1
         if tl.max(active.to(tl.int32), axis=0) > 0:
@@ -512,7 +598,7 @@ def _sm_count(device_index: int) -> int:
 def split_count(B: int, V: int, sm_count: int) -> int:
     """Segments a row for the split path on a GPU of sm_count multiprocessors: enough programs for about two a
     multiprocessor, segments of at least SPLIT_MIN_SEG columns; 1 (one program a row) for large batches."""
-    return max(1, min(triton.cdiv(V, SPLIT_MIN_SEG), 2 * sm_count // B))
+    return max(1, min(triton.cdiv(V, SPLIT_MIN_SEG), 2 * sm_count // B, SPLIT_MAX))
 
 
 def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -534,6 +620,7 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     tile = 65536 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
     if splits is None:
         splits = split_count(B, V, _sm_count(logits.device.index or 0)) if logits.is_cuda else 1
+    splits = min(splits, SPLIT_MAX)
     if splits > 1:
         seg_tile = block_v or max(16, min(SPLIT_MAX_TILE, triton.next_power_of_2(triton.cdiv(V, splits))))
         seg = triton.cdiv(triton.cdiv(V, splits), seg_tile) * seg_tile
@@ -548,8 +635,8 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     scratch = torch.empty(B * cap, dtype=torch.int64, device=logits.device) if fast else out
     _sample_kernel[grid](
         logits, logits.stride(0), temperature, top_k, top_p, min_p, rng_state, out, scratch, out, out, out, out, out,
-        B, V, 1, ROWS=rows, BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS,
-        CAP=cap, SP=0, num_warps=8 if fast or rows * block_v >= 1024 else 4)
+        out, B, V, 1, 1, ROWS=rows, BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS),
+        NB=NUM_BINS, CAP=cap, SP=0, SEG_TILE=16, num_warps=8 if fast or rows * block_v >= 1024 else 4)
     return out
 
 
@@ -557,18 +644,20 @@ def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
                   min_p: torch.Tensor, rng_state: torch.Tensor, out: torch.Tensor, seg: int, seg_tile: int,
                   block_v: int, plan: torch.Tensor | None = None) -> torch.Tensor:
     """The split path (see the comment above _split_plan): segments of `seg` columns read in `seg_tile` chunks;
-    block_v: the chunk of the general path, if a row falls back to it. plan (B, 2) int32, if given, receives each
-    row's [candidates, fast path taken] (tests check which path ran)."""
+    block_v: the chunk of the general path, if a row falls back to it. plan (B, 4) int32, if given, receives each
+    row's [candidates, fast path taken, bits of b_c (fp32), 0] (tests check which path ran)."""
     B, V = logits.shape
     S = triton.cdiv(V, seg)
     device = logits.device
-    # Partials, one int32 buffer: max (f32), argmax, NaN, mass (f32) per (row, segment), the histograms, then
-    # [count, fast] per row; each slice 16-byte aligned (n a multiple of 4), as Triton specialises on it.
+    # Partials, one int32 buffer: max (f32), argmax, NaN, mass (f32), surely kept mass (f32) per (row, segment),
+    # the histograms, then the plan per row; each slice 16-byte aligned (n a multiple of 4: Triton specialises).
     n = -(-B * S // 4) * 4
-    part = torch.empty(n * (4 + NUM_BINS) + 2 * B, dtype=torch.int32, device=device)
+    end = n * (5 + NUM_BINS)
+    part = torch.empty(end + 4 * B, dtype=torch.int32, device=device)
     part_max, part_arg, part_nan = part[:n].view(torch.float32), part[n:2 * n], part[2 * n:3 * n]
-    part_mass, part_hist = part[3 * n:4 * n].view(torch.float32), part[4 * n:n * (4 + NUM_BINS)]
-    plan = part[n * (4 + NUM_BINS):] if plan is None else plan
+    part_mass, part_cert = part[3 * n:4 * n].view(torch.float32), part[4 * n:5 * n].view(torch.float32)
+    part_hist = part[5 * n:end]
+    plan = part[end:] if plan is None else plan
     cap = min(FAST_CAP, triton.next_power_of_2(V))
     scratch = torch.empty(B * cap, dtype=torch.int64, device=device)
     warps = 8 if seg_tile >= 2048 else 4
@@ -577,11 +666,10 @@ def _sample_split(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     _split_stats_kernel[(B, S)](logits, logits.stride(0), *params, *partials, V, S, seg, TILE=seg_tile,
                                 NB=NUM_BINS, num_warps=warps)
     sp = triton.next_power_of_2(S)
-    _split_compact_kernel[(B, S)](logits, logits.stride(0), *params, *partials, plan, scratch, V, S, seg,
-                                  TILE=seg_tile, SP=sp, NB=NUM_BINS, CAP=cap,
-                                  num_warps=16 if sp >= 128 else warps)  # the (SP, NB) histograms: no spills
+    _split_compact_kernel[(B, S)](logits, logits.stride(0), *params, *partials, part_cert, plan, scratch, V, S, seg,
+                                  TILE=seg_tile, SP=sp, NB=NUM_BINS, CAP=cap, num_warps=warps)
     _sample_kernel[(B,)](
-        logits, logits.stride(0), *params, rng_state, out, scratch, *partials[:4], plan, B, V, S, ROWS=1,
-        BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS, CAP=cap, SP=sp,
-        num_warps=8)
+        logits, logits.stride(0), *params, rng_state, out, scratch, *partials[:4], part_cert, plan, B, V, S, seg,
+        ROWS=1, BLOCK_V=block_v, NP=NUM_PIVOTS, KEY_PASSES=_key_passes(NUM_PIVOTS), NB=NUM_BINS, CAP=cap, SP=sp,
+        SEG_TILE=seg_tile, num_warps=8)
     return out

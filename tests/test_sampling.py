@@ -291,9 +291,10 @@ def test_triton_fast_path_falls_back_per_row(needs_triton):
 @pytest.mark.parametrize("splits, block_v", [(2, 256), (7, 128)])
 def test_triton_split_path_matches_one_program_a_row(needs_triton, splits, block_v):
     """The split path (a row over several programs: partial max / histogram, compaction per segment) draws the
-    ids of the one-program fast path on these rows, where both take the tile (or both the general path: flat,
-    +inf, bins beyond fp32's exact range), and flags the same bad rows. Top-p without top-k sums the row's mass
-    in another order, so those draws are checked against the truncated set instead."""
+    ids of the one-program fast path on these rows with top-k, where both take the tile (or both the general
+    path: +inf, bins beyond fp32's exact range), and flags the same bad rows. Without top-k the split path draws
+    the surely kept tokens (top-p / min-p) in another order than the tile, so those draws are checked against
+    the truncated set instead."""
     from pygpt.kernels.sample import sample_triton
 
     g = torch.Generator().manual_seed(5)
@@ -311,7 +312,7 @@ def test_triton_split_path_matches_one_program_a_row(needs_triton, splits, block
         [50, 0, 10, 10, 5, 3, 20, 0, 0, 200, 1, 5, 0, 0],
         [0.9, 0.9, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0],
         [0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.01, 0.3])]  # 12, 13: min-p alone
-    mass_dependent = (params[1] == 0) & (params[2] < 1)
+    mass_dependent = (params[1] == 0) & ((params[2] < 1) | (params[3] > 0))
     ok = allowed(logits.nan_to_num(nan=0.0), *params)
     for seed in range(2):
         args = (logits, *_rows(B, *params), ops.make_rng_state(seed))
@@ -325,9 +326,8 @@ def test_triton_split_path_matches_one_program_a_row(needs_triton, splits, block
 
 
 def test_triton_split_path_min_p_cut_at_a_bin_edge(needs_triton):
-    """The split path's bins are floor(4 x / T), not bins of z: with the max on a bin edge, a token at z = -1.1
-    (p = 0.333 >= min_p 0.33) lies in bin 5 while -4 log(min_p) = 4.4; the cut must still keep it (the
-    one-program path, whose bins are of z, does)."""
+    """The split path's bins are floor(8 x / T), not bins of z: with the max on a bin edge, a token at z = -1.1
+    (p = 0.333 >= min_p 0.33) lies in bin 9 while -8 log(min_p) = 8.87; the cut must still keep it."""
     from pygpt.kernels.sample import sample_triton
 
     B, V = 32, 1500
@@ -335,7 +335,6 @@ def test_triton_split_path_min_p_cut_at_a_bin_edge(needs_triton):
     logits[:, [3, 900, 1200, 10]] = torch.tensor([0.0, -1.1, -0.5, -3.0])
     args = (logits, *_rows(B, 1.0, 0, 1.0, 0.33), ops.make_rng_state(9))
     split = sample_triton(*args, block_v=256, splits=3)
-    assert torch.equal(split, sample_triton(*args, block_v=256, rows=1))
     assert set(split.tolist()) == {3, 900, 1200}
 
 
@@ -348,12 +347,34 @@ def test_triton_split_path_takes_the_tile_for_top_p_09(needs_triton):
     B, V = 3, 3000
     logits = torch.randn(B, V, generator=torch.Generator().manual_seed(0)) * 3
     params = _rows(B, 0.8, 0, 0.9, 0.0)
-    plan = torch.zeros(B, 2, dtype=torch.int32)
+    plan = torch.zeros(B, 4, dtype=torch.int32)
     out = torch.empty(B, dtype=torch.int64)
     kernels._sample_split(logits, *params, ops.make_rng_state(0), out, 1024, 1024, 1024, plan=plan)
     assert plan[:, 1].tolist() == [1, 1, 1], plan
     assert (plan[:, 0] < kernels.FAST_CAP).all()
     assert allowed(logits, *params)[torch.arange(B), out].all()
+
+
+@pytest.mark.parametrize("case", [(1.0, 0, 1.0, 0.0), (0.9, 0, 0.9, 0.0), (1.2, 0, 1.0, 0.03),
+                                  (1.0, 0, 0.7, 0.02)])
+def test_triton_split_path_surely_kept_tokens(needs_triton, case):
+    """Without top-k the split path leaves the tokens that are surely kept (plain sampling: all; top-p / min-p:
+    the top bins) out of the tile and draws them segment by segment: every draw is in the truncated set, the
+    likely tokens all come up, and the plan shows that this path ran. (The chi-square of it runs on the GPU, at
+    10^5 draws: test_gpu_distribution_chi_square with triton-split.)"""
+    from pygpt.kernels import sample as kernels
+
+    B, V = 40, 40
+    logits = (torch.randn(V, generator=torch.Generator().manual_seed(1)) * 0.8)[None].expand(B, V).contiguous()
+    params = _rows(B, *case)
+    plan = torch.zeros(B, 4, dtype=torch.int32)
+    out = torch.empty(B, dtype=torch.int64)
+    kernels._sample_split(logits, *params, ops.make_rng_state(5), out, 16, 16, 16, plan=plan)
+    surely_kept_bins = plan[:, 2].view(torch.float32)
+    assert (plan[:, 1] == 1).all() and (surely_kept_bins > 0).all(), plan
+    assert allowed(logits, *params)[torch.arange(B), out].all()
+    likely = (exact_probs(logits[:1], *params)[0] > 0.1).nonzero()[:, 0]  # P(missed in 40 draws) < 0.015 each
+    assert set(likely.tolist()) <= set(out.tolist())
 
 
 def test_public_sample_rng_state_and_generator():
