@@ -355,6 +355,26 @@ def test_triton_split_path_takes_the_tile_for_top_p_09(needs_triton):
     assert allowed(logits, *params)[torch.arange(B), out].all()
 
 
+@pytest.mark.parametrize("case", [(0.8, 50, 0.9, 0.0), (0.8, 0, 0.9, 0.0)])
+def test_triton_split_path_plan_for_the_benchmark_rows(needs_triton, case):
+    """bench_sample's B1 V128256 rows (randn * 3, T 0.8), split as on an H100: both settings take the fast path
+    (top-p alone: a ~1000-token nucleus, its boundary bins in the tile and the top bins surely kept)."""
+    from pygpt.kernels import sample as kernels
+
+    V = 128256
+    S = kernels.split_count(1, V, 132)
+    seg = -(-V // S)  # as sample_triton sizes the segments and their chunks
+    tile = min(kernels.SPLIT_MAX_TILE, 1 << (seg - 1).bit_length())
+    seg = -(-seg // tile) * tile
+    logits = torch.randn(1, V, generator=torch.Generator().manual_seed(0)) * 3
+    params = _rows(1, *case)
+    plan = torch.zeros(1, 4, dtype=torch.int32)
+    out = torch.empty(1, dtype=torch.int64)
+    kernels._sample_split(logits, *params, ops.make_rng_state(0), out, seg, tile, 1024, plan=plan)
+    assert plan[0, 1] == 1 and 0 < plan[0, 0] < kernels.FAST_CAP, plan
+    assert allowed(logits, *params)[0, out[0]]
+
+
 @pytest.mark.parametrize("case", [(1.0, 0, 1.0, 0.0), (0.9, 0, 0.9, 0.0), (1.2, 0, 1.0, 0.03),
                                   (1.0, 0, 0.7, 0.02)])
 def test_triton_split_path_surely_kept_tokens(needs_triton, case):
