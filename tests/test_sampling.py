@@ -273,6 +273,9 @@ def test_same_seed_same_ids_and_offset_advances(kernel):
     assert len(set(same.tolist())) > min(5, B - 2)
 
 
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel called directly: compiled on a GPU
+
+
 def test_triton_fast_path_falls_back_per_row(needs_triton):
     """Rows whose candidate set overflows the fast path's tile, or whose settings keep the whole vocabulary, take
     the general path inside the same launch; the result is still within the truncated set."""
@@ -284,7 +287,8 @@ def test_triton_fast_path_falls_back_per_row(needs_triton):
     params = [torch.tensor(v) for v in ([1.0, 1.0, 0.7, 1.0], [1200, 0, 20, 0], [1.0, 0.9, 0.9, 1.0],
                                          [0.0, 0.0, 0.0, 0.0])]
     assert (exact_probs(logits, *params) > 0).sum(-1)[:2].min() > kernels.FAST_CAP
-    ids = kernels.sample_triton(logits, *_rows(4, *params), ops.make_rng_state(3), block_v=256, rows=1)
+    ids = kernels.sample_triton(logits.to(TRITON_DEVICE), *_rows(4, *params, device=TRITON_DEVICE),
+                                ops.make_rng_state(3, TRITON_DEVICE), block_v=256, rows=1).cpu()
     assert allowed(logits, *params)[torch.arange(4), ids].all()
 
 
@@ -315,9 +319,10 @@ def test_triton_split_path_matches_one_program_a_row(needs_triton, splits, block
     mass_dependent = (params[1] == 0) & ((params[2] < 1) | (params[3] > 0))
     ok = allowed(logits.nan_to_num(nan=0.0), *params)
     for seed in range(2):
-        args = (logits, *_rows(B, *params), ops.make_rng_state(seed))
-        one = sample_triton(*args, block_v=block_v, rows=1)
-        split = sample_triton(*args, block_v=block_v, splits=splits)
+        args = (logits.to(TRITON_DEVICE), *_rows(B, *params, device=TRITON_DEVICE),
+                ops.make_rng_state(seed, TRITON_DEVICE))
+        one = sample_triton(*args, block_v=block_v, rows=1).cpu()
+        split = sample_triton(*args, block_v=block_v, splits=splits).cpu()
         assert torch.equal(split[~mass_dependent], one[~mass_dependent]), (split, one)
         assert one[[2, 3, 4, 7, 10, 11]].tolist() == [700, -1, -2, int(logits[7].argmax()), int(logits[10].argmax()),
                                                        -3]
@@ -333,9 +338,23 @@ def test_triton_split_path_min_p_cut_at_a_bin_edge(needs_triton):
     B, V = 32, 1500
     logits = torch.full((B, V), -INF)
     logits[:, [3, 900, 1200, 10]] = torch.tensor([0.0, -1.1, -0.5, -3.0])
-    args = (logits, *_rows(B, 1.0, 0, 1.0, 0.33), ops.make_rng_state(9))
-    split = sample_triton(*args, block_v=256, splits=3)
+    args = (logits.to(TRITON_DEVICE), *_rows(B, 1.0, 0, 1.0, 0.33, TRITON_DEVICE),
+            ops.make_rng_state(9, TRITON_DEVICE))
+    split = sample_triton(*args, block_v=256, splits=3).cpu()
     assert set(split.tolist()) == {3, 900, 1200}
+
+
+def _split_run(logits, params, seed, seg, tile):
+    """The split path on logits (B, V) in segments of `seg` columns read `tile` at a time (general-path chunks of
+    1024) -> (its plan (B, 4) [candidates, fast path taken, bits of b_c, 0], ids (B,)), on the CPU."""
+    from pygpt.kernels import sample as kernels
+
+    B = logits.shape[0]
+    plan = torch.zeros(B, 4, dtype=torch.int32, device=TRITON_DEVICE)
+    out = torch.empty(B, dtype=torch.int64, device=TRITON_DEVICE)
+    kernels._sample_split(logits.to(TRITON_DEVICE), *(p.to(TRITON_DEVICE) for p in params),
+                          ops.make_rng_state(seed, TRITON_DEVICE), out, seg, tile, 1024, plan=plan)
+    return plan.cpu(), out.cpu()
 
 
 def test_triton_split_path_takes_the_tile_for_top_p_09(needs_triton):
@@ -347,9 +366,7 @@ def test_triton_split_path_takes_the_tile_for_top_p_09(needs_triton):
     B, V = 3, 3000
     logits = torch.randn(B, V, generator=torch.Generator().manual_seed(0)) * 3
     params = _rows(B, 0.8, 0, 0.9, 0.0)
-    plan = torch.zeros(B, 4, dtype=torch.int32)
-    out = torch.empty(B, dtype=torch.int64)
-    kernels._sample_split(logits, *params, ops.make_rng_state(0), out, 1024, 1024, 1024, plan=plan)
+    plan, out = _split_run(logits, params, 0, 1024, 1024)
     assert plan[:, 1].tolist() == [1, 1, 1], plan
     assert (plan[:, 0] < kernels.FAST_CAP).all()
     assert allowed(logits, *params)[torch.arange(B), out].all()
@@ -368,9 +385,7 @@ def test_triton_split_path_plan_for_the_benchmark_rows(needs_triton, case):
     seg = -(-seg // tile) * tile
     logits = torch.randn(1, V, generator=torch.Generator().manual_seed(0)) * 3
     params = _rows(1, *case)
-    plan = torch.zeros(1, 4, dtype=torch.int32)
-    out = torch.empty(1, dtype=torch.int64)
-    kernels._sample_split(logits, *params, ops.make_rng_state(0), out, seg, tile, 1024, plan=plan)
+    plan, out = _split_run(logits, params, 0, seg, tile)
     assert plan[0, 1] == 1 and 0 < plan[0, 0] < kernels.FAST_CAP, plan
     assert allowed(logits, *params)[0, out[0]]
 
@@ -382,14 +397,10 @@ def test_triton_split_path_surely_kept_tokens(needs_triton, case):
     the top bins) out of the tile and draws them segment by segment: every draw is in the truncated set, the
     likely tokens all come up, and the plan shows that this path ran. (The chi-square of it runs on the GPU, at
     10^5 draws: test_gpu_distribution_chi_square with triton-split.)"""
-    from pygpt.kernels import sample as kernels
-
     B, V = 40, 40
     logits = (torch.randn(V, generator=torch.Generator().manual_seed(1)) * 0.8)[None].expand(B, V).contiguous()
     params = _rows(B, *case)
-    plan = torch.zeros(B, 4, dtype=torch.int32)
-    out = torch.empty(B, dtype=torch.int64)
-    kernels._sample_split(logits, *params, ops.make_rng_state(5), out, 16, 16, 16, plan=plan)
+    plan, out = _split_run(logits, params, 5, 16, 16)
     surely_kept_bins = plan[:, 2].view(torch.float32)
     assert (plan[:, 1] == 1).all() and (surely_kept_bins > 0).all(), plan
     assert allowed(logits, *params)[torch.arange(B), out].all()
