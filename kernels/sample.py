@@ -221,7 +221,7 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
             total += tl.sum(tl.where(key <= KEY_MAX, tl.exp(z), 0.0), axis=1)
     bins = tl.arange(0, NB)
     mass = tl.sum(total, axis=0)
-    # The highest bin edge below every token that can be kept; a bin's p is at least exp(its low edge).
+    # The highest bin edge below every token that can be kept.
     b_sel = _cut_bin(hist, mass, k_s, tp, mp, need_k, V, 1.0, 1.0, NB, 0)
     count = tl.sum(tl.where(bins <= b_sel, hist, 0), axis=0)
     ok = (b_sel < NB - 1) & (count <= CAP)
@@ -243,11 +243,26 @@ def _fast_draw(logits_ptr, row_off, rmask, rows, V, m_shift, t, inf_row, k, top_
 
 
 @triton.jit
+def _bin_mass_bounds(hist, f_lo, f_hi, NB: tl.constexpr):
+    """(NB,) lower and upper bounds of each bin's mass: a token of bin g has -z / BIN_W in (g + f - 1, g + f]
+    with f_lo <= f <= f_hi, so e^-(g + f_hi) BIN_W <= p < e^-(g + f_lo - 1) BIN_W."""
+    bins = tl.arange(0, NB).to(tl.float32)
+    count = hist.to(tl.float32)
+    return count * tl.exp(-(bins + f_hi) * BIN_W), count * tl.exp(-(bins + f_lo - 1.0) * BIN_W)
+
+
+@triton.jit
+def _x_bin(x, top, inv_tw):
+    """The split path's bin of logits x: floor(x * 8 / T) counted down from `top` (-inf: +inf, in no bin). Every
+    kernel bins through this, so that launch 2's candidates are exactly the ones launch 1's histograms counted."""
+    return top - tl.floor(x * inv_tw)
+
+
+@triton.jit
 def _cut_bin(hist, mass, k_s, tp, mp, need_k, n, f_lo, f_hi, NB: tl.constexpr, SLACK: tl.constexpr):
     """The fast path's cut: the last bin that can hold a kept token, from the histogram (NB,) of a row of n
-    tokens and its mass. A token of bin g has -z / BIN_W in (g + f - 1, g + f], so e^-(g + f_hi) BIN_W <= p <
-    e^-(g + f_lo - 1) BIN_W with f_lo <= f <= f_hi (one program a row: bins of z, f = 1; split path: bins of x,
-    f the row max's place in its bin, widened by fp32's rounding).
+    tokens and its mass, with _bin_mass_bounds (one program a row: bins of z, f = 1; split path: bins of x, f
+    the row max's place in its bin, widened by fp32's rounding).
     top-k: the bin of the k-th largest z. top-p: the first bin b such that the tokens of bins <= b surely hold
     top_p of the mass - their mass's lower bound reaches it, or the upper bound of the mass below them (bins > b
     and the tokens below the histogram) leaves it; each bound alone is loose by e^BIN_W a token, so the lower
@@ -255,11 +270,10 @@ def _cut_bin(hist, mass, k_s, tp, mp, need_k, n, f_lo, f_hi, NB: tl.constexpr, S
     upper bound reaches min_p, plus one for tl.log / tl.exp rounding. SLACK bins are added (split path: fp32
     keys that tie, so that both stay, may straddle an x-bin edge)."""
     bins = tl.arange(0, NB)
-    fbins = bins.to(tl.float32)
     cum = tl.cumsum(hist, axis=0)
     b_k = tl.min(tl.where(cum >= k_s, bins, NB), axis=0)
-    lower = tl.cumsum(hist.to(tl.float32) * tl.exp(-(fbins + f_hi) * BIN_W), axis=0)
-    upper = hist.to(tl.float32) * tl.exp(-(fbins + f_lo - 1.0) * BIN_W)
+    lower, upper = _bin_mass_bounds(hist, f_lo, f_hi, NB)
+    lower = tl.cumsum(lower, axis=0)
     below = tl.sum(upper, axis=0) - tl.cumsum(upper, axis=0)  # bins > b
     below += (n - tl.sum(hist, axis=0)).to(tl.float32) * tl.exp(-(NB - 2.0 + f_lo) * BIN_W)
     surely = (lower >= tp * mass * 1.0001) | (below <= mass * (1.0 - tp * 1.0001))
@@ -280,8 +294,7 @@ def _certain_bin(hist, mass, tp, mp, need_k, f_lo, f_hi, NB: tl.constexpr):
     lower bounds below. min-p: its lower bound e^-(g + f_hi) BIN_W >= min_p, one bin of margin. With top-k:
     none (the tile's top-k search needs all the candidates)."""
     bins = tl.arange(0, NB).to(tl.float32)
-    lower = hist.to(tl.float32) * tl.exp(-(bins + f_hi) * BIN_W)
-    upper = hist.to(tl.float32) * tl.exp(-(bins + f_lo - 1.0) * BIN_W)
+    lower, upper = _bin_mass_bounds(hist, f_lo, f_hi, NB)
     up_to = tl.minimum(tl.cumsum(upper, axis=0), mass - (tl.sum(lower, axis=0) - tl.cumsum(lower, axis=0)))
     b_p = tl.min(tl.where(up_to >= tp * mass * 0.9999, bins, NB * 1.0), axis=0)
     b_p = tl.where(tp < 1.0, b_p, float("inf"))
@@ -384,7 +397,7 @@ def _split_stats_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp
         top = tl.floor(m * inv_tw)
         for start in range(lo, hi, TILE):  # the segment again: from L2
             x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
-            r = top[:, None] - tl.floor(x * inv_tw[:, None])  # -inf and padding: +inf
+            r = _x_bin(x, top[:, None], inv_tw[:, None])  # -inf and padding: +inf
             b = tl.minimum(r, NB - 1.0).to(tl.int32)
             hist += tl.histogram(tl.reshape(b, [TILE]), NB, mask=tl.reshape(b < NB - 1, [TILE]))
             mass += tl.sum(tl.where(cmask, tl.exp((x - m[:, None]) / t[:, None]), 0.0), axis=1)
@@ -431,7 +444,7 @@ def _split_compact_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, mi
         for start in range(lo, hi, TILE):
             x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
             z, key = _z_key(x, cmask, m_row, t, rmask & False)
-            g = top - tl.floor(x * inv_tw)  # -inf and padding: +inf, never a candidate nor surely kept
+            g = _x_bin(x, top, inv_tw)  # -inf and padding: +inf, never a candidate nor surely kept
             cand = cmask & (g >= b_c) & (g <= b_sel)
             certain += tl.sum(tl.where(cmask & (g < b_c), tl.exp(z), 0.0), axis=1)
             pos = base[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
@@ -461,7 +474,7 @@ def _certain_draw(logits_ptr, row_off, rmask, cert_s, goal, m, t, b_c, S, SEG, V
     for start in range(lo, hi, TILE):
         x, cmask, c = _load_chunk(logits_ptr, row_off, rmask, start, hi, TILE)
         z, key = _z_key(x, cmask, m, t, rmask & False)
-        kept = cmask & (top[:, None] - tl.floor(x * inv_tw[:, None]) < b_c)
+        kept = cmask & (_x_bin(x, top[:, None], inv_tw[:, None]) < b_c)
         w = tl.where(kept, tl.exp(z), 0.0)
         first = tl.min(tl.where(kept & (run[:, None] + tl.cumsum(w, axis=1) > rest), c[None, :], V), axis=1)
         pick = tl.where((pick < 0) & (first < V), first, pick)
