@@ -21,6 +21,14 @@ def test_unknown_character_is_named():
         tok.encode("abz")
 
 
+@pytest.mark.parametrize("bad", [3, -1])
+def test_out_of_range_id_is_named(bad):
+    tok = CharTokenizer.from_text("abc")
+    assert tok.decode(torch.tensor([2, 0])) == "ca"
+    with pytest.raises(ValueError, match=f"token id {bad} is out of range for a vocabulary of 3"):
+        tok.decode([0, bad])
+
+
 def test_tiny_shakespeare_split_follows_eval_md(shakespeare):
     assert hashlib.sha256(shakespeare.read_bytes()).hexdigest() == text_module.TINY_SHAKESPEARE_SHA256
     corpus = load_corpus(str(shakespeare))

@@ -146,3 +146,91 @@ def test_gpu_cuda_graph_replays_the_eager_decode_step():
         graphed = torch.stack(list(Engine(model, cuda_graph=True).generate_ids(prompts, 40, **kw)))
         eager = torch.stack(list(Engine(model, cuda_graph=False).generate_ids(prompts, 40, **kw)))
         assert torch.equal(graphed, eager), kw
+
+
+# -- the engine's CUDA recipe (bf16 autocast, precast weights, launch count), checked on CPU ------------------
+@torch.no_grad()
+def test_precast_twin_gives_the_autocast_logits_bit_for_bit():
+    """The twin's bf16 Linear weights are the values autocast casts to, so its logits under autocast are the
+    source's exactly; it shares every other parameter, keeps the tied embedding fp32 and follows the source
+    after refresh()."""
+    from pygpt.infer.precast import PrecastModel
+
+    model = _model(bias=True)
+    twin = PrecastModel(model)
+    idx = torch.randint(0, 20, (2, 9))
+
+    def logits(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(idx)[0]
+
+    assert torch.equal(logits(twin.model), logits(model))
+    assert twin.model.lm_head.weight.dtype == torch.bfloat16 and twin.model.blocks[0].attn.qkv.bias.dtype == torch.bfloat16
+    assert model.lm_head.weight is model.wte.weight and model.wte.weight.dtype == torch.float32  # source untouched
+    assert twin.model.wte.weight is model.wte.weight and twin.model.norm_f.weight is model.norm_f.weight
+    model.blocks[1].mlp.down.weight.mul_(3)
+    model.wte.weight.add_(0.5)  # tied: the twin's LM head follows only after refresh
+    assert not torch.equal(logits(twin.model), logits(model))
+    twin.refresh()
+    assert torch.equal(logits(twin.model), logits(model))
+
+
+def _ops_per_step(model, **engine_kw) -> dict[str, float]:
+    """Ops dispatched per decode step (the difference between 11 and 1 generated tokens, over 10)."""
+    from pygpt.testing import KernelCount
+
+    counts = []
+    for n in (1, 11):
+        engine = Engine(model, cuda_graph=False, **engine_kw)
+        with KernelCount() as count:
+            for _ in engine.generate_ids([[1, 2, 3]], n, temperature=0.8, top_k=5, seed=0):
+                pass
+        counts.append(count.ops)
+    return {op: (counts[1][op] - counts[0][op]) / 10 for op in counts[1] if counts[1][op] != counts[0][op]}
+
+
+def test_decode_step_launch_budget():
+    """A batch-1 decode step is bound by kernel launches, so their number is the budget to keep. Per layer: two
+    norms, two activation casts to bf16 (the norms run in fp32 under autocast), four Linear GEMMs, the fused
+    decode attention, GELU, two residual adds; per step: the embedding, the final norm, its cast, the LM head,
+    sampling and its RNG advance (+ CPU's error check). No weight casts (the twin holds bf16 weights) and no
+    position ids (the decode op reads the cache's counters)."""
+    n_layer = 3
+    per_step = _ops_per_step(_model(n_layer=n_layer, block_size=32), amp=True)
+    assert per_step["aten.linear"] == 4 * n_layer + 1
+    assert per_step["aten.to.dtype"] == 2 * n_layer + 1, per_step  # activations only
+    assert "aten.arange" not in per_step, per_step
+    assert sum(per_step.values()) == 12 * n_layer + 8, per_step
+    fp32 = _ops_per_step(_model(n_layer=n_layer, block_size=32))  # CPU default: fp32, no casts at all
+    assert "aten.to.dtype" not in fp32 and sum(fp32.values()) == sum(per_step.values()) - (2 * n_layer + 1), fp32
+
+
+def test_bf16_engine_on_cpu_generates_and_is_seeded():
+    model = _model()
+    engine = Engine(model, CharTokenizer("abcdefghijklmnopqrs\n"), amp=True)
+    first = engine.generate(["abc", "de"], 30, temperature=1.0, seed=5)
+    assert [len(t) for t in first] == [30, 30]
+    assert engine.generate(["abc", "de"], 30, temperature=1.0, seed=5) == first
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_nan_logits_raise_a_clear_error(use_cache):
+    model = _model()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="logits contain NaN"):
+        list(Engine(model, use_cache=use_cache).generate_ids([[1, 2]], 5))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_gpu_nan_logits_raise_instead_of_faulting(cuda_graph):
+    """On CUDA the sampler reports NaN logits as negative ids; the engine must raise a clear error, and must not
+    feed an id of -1 to the embedding (a device-side assert that kills the CUDA context)."""
+    model = _model().cuda()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="logits contain NaN"):
+        list(Engine(model, cuda_graph=cuda_graph).generate_ids([[1, 2]], 100))
+    ops.check_sample_errors()  # nothing stale is left to fail a later sample call
+    assert int(torch.ones(3, device="cuda").sum()) == 3  # the context still works

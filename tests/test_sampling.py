@@ -511,6 +511,21 @@ def test_strided_and_low_precision_logits():
     assert torch.equal(ops.sample(y, 0.0), first_argmax(y))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_low_precision_logits_sample_as_their_float32_values(kernel):
+    """The kernels widen logits to float32 as they load them, so bf16 / fp16 logits and their float32 upcast give
+    the same ids for the same state (the engine samples the model's bf16 logits without a cast)."""
+    device = _device(kernel)
+    B, V = (6 if kernel == "cpp" or torch.cuda.is_available() else 2), 257  # (the interpreter is slow)
+    for dtype in (torch.bfloat16, torch.float16):
+        logits = (torch.randn(B, V) * 3).to(dtype).to(device)
+        for t, k, p, mp in [(0.8, 0, 1.0, 0.0), (1.0, 10, 0.9, 0.05)]:
+            args = _rows(B, t, k, p, mp, device)
+            low = _kernel(kernel)(logits, *args, ops.make_rng_state(11, device))
+            wide = _kernel(kernel)(logits.float(), *args, ops.make_rng_state(11, device))
+            assert torch.equal(low, wide), (dtype, t, k, p, mp)
+
+
 # ----------------------------------------------------------------------------------------------- torch.library
 def test_opcheck():
     logits = torch.randn(4, 33)

@@ -46,10 +46,10 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        try:
-            return "".join(self.chars[i] for i in ids)
-        except IndexError:
-            raise ValueError(f"token id out of range for a vocabulary of {self.vocab_size}") from None
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:  # (a negative id would index from the end: a wrong character, not an error)
+            raise ValueError(f"token id {bad} is out of range for a vocabulary of {self.vocab_size}")
+        return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
         return {"type": "char", "chars": "".join(self.chars)}

@@ -4,7 +4,12 @@ decode attention + append in every layer, then the sampling op), streaming token
 With RoPE the cache is a ring buffer that keeps working once full: the oldest position is overwritten and
 generation goes on forever with a sliding window of block_size positions. With learned (or sinusoidal) absolute
 positions it cannot slide; past the window the engine recomputes the cropped context each step, as nanoGPT does,
-and says so once. On CUDA the decode step is captured once in a CUDA graph and replayed.
+and says so once.
+
+On CUDA a decode step (the model's forward on the cache, then sampling, whose RNG state lives on the device) is
+captured once in a CUDA graph and replayed: one replay per token, nothing read back to the host. The model runs
+under bf16 autocast from a twin holding bf16 Linear weights (precast.py), which removes a quarter of the step's
+kernels without changing a bit of its logits.
 """
 
 from __future__ import annotations
@@ -21,14 +26,34 @@ import pygpt.ops as ops
 from pygpt.data import CharTokenizer
 
 from .cache import KVCache
+from .precast import PrecastModel
+
+CHECK_EVERY = 64  # steps between the CUDA engine's reads of its error flag (one host sync each)
+
+
+def _raise_for_error(code: int) -> None:
+    """Raise for an error id (< 0) of the sampling op."""
+    if code < 0:
+        ops.check_sample_errors()  # the op's own pending CUDA checks first: they name the row, and none stay stale
+        raise ValueError(f"generate: sampling failed: {ops.sampling.describe_error(code)} (from the model: a "
+                         "diverged or corrupt checkpoint?)")
+
+
+def _host_ids(ids: torch.Tensor) -> list[int]:
+    """ids (B,) as Python ints, for the loops that read them anyway; an error id raises instead."""
+    values = ids.tolist()
+    _raise_for_error(min(values))
+    return values
 
 
 class Engine:
     """Generate from ``model`` (a pygpt GPT). ``use_cache=False`` recomputes the whole context every step;
-    ``cuda_graph`` captures the decode step on CUDA (ignored on CPU)."""
+    ``cuda_graph`` captures the decode step on CUDA (ignored on CPU, and with the reference backend, whose
+    checks read values on the host). ``amp``: run under bf16 autocast with a bf16 KV cache (default: on CUDA;
+    on CPU it is for testing what a CUDA run does)."""
 
     def __init__(self, model: nn.Module, tokenizer: CharTokenizer | None = None, use_cache: bool = True,
-                 cuda_graph: bool = True):
+                 cuda_graph: bool = True, amp: bool | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -38,14 +63,25 @@ class Engine:
         self.block_size = model.config.block_size
         self.sliding = getattr(model.config, "pos", None) == "rope"
         self._warned_recompute = False
+        self.amp = self.device.type == "cuda" if amp is None else amp
+        # Under autocast the model runs from a twin whose Linear weights are cast once per generation instead
+        # of once per step (see precast.py).
+        self._precast = PrecastModel(model, torch.bfloat16) if self.amp else None
+        self._runner = self._precast.model if self._precast is not None else model
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _cache_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.device.type == "cuda" else next(self.model.parameters()).dtype
+        return torch.bfloat16 if self.amp else next(self.model.parameters()).dtype
+
+    def _forward_last(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the last position's logits (B, V)."""
+        with self._autocast():  # (the classic models take no cache argument)
+            logits, _ = self._runner(idx) if kv_cache is None else self._runner(idx, kv_cache=kv_cache)
+        return logits[:, -1]
 
     # -- ids in, ids out -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -56,51 +92,69 @@ class Engine:
             raise ValueError("generate: every prompt needs at least one token")
         if max_new_tokens <= 0:
             raise ValueError(f"generate: max_new_tokens must be > 0, got {max_new_tokens}")
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+        if self._precast is not None:
+            self._precast.refresh()
+        # The sampler's state lives on the device and the op advances it there, so a CUDA graph can hold the
+        # sampling too: a graphed step is one replay, with nothing read back.
+        rng_state = ops.make_rng_state(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        # On CUDA the op reports NaN logits as negative ids, checked later on the host (pygpt.ops.sampling);
+        # the engine keeps the smallest id on the device, clamps what it feeds back (an id of -1 would fault in
+        # the embedding), and reads it every CHECK_EVERY steps and at the end.
+        smallest = torch.zeros((), dtype=torch.int64, device=self.device) if self.device.type == "cuda" else None
 
         def pick(logits: torch.Tensor) -> torch.Tensor:
-            return ops.sample(logits.float(), temperature, top_k, top_p, generator=generator)
+            ids = ops.sample(logits, temperature, top_k, top_p, rng_state=rng_state)
+            if smallest is not None:
+                torch.minimum(smallest, ids.amin(), out=smallest)
+            return ids
 
-        if not self.use_cache:
-            yield from self._recompute_loop(prompts, max_new_tokens, pick)
-            return
+        steps = self._recompute_loop(prompts, max_new_tokens, pick) if not self.use_cache else \
+            self._cached_loop(prompts, max_new_tokens, pick)
+        for i, ids in enumerate(steps):
+            if smallest is not None and (i + 1) % CHECK_EVERY == 0:
+                _raise_for_error(int(smallest))
+            yield ids
+        if smallest is not None:
+            _raise_for_error(int(smallest))
+
+    def _cached_loop(self, prompts: list[list[int]], max_new_tokens: int,
+                     pick: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
         B = len(prompts)
         cache = KVCache.for_model(self.model, B, dtype=self._cache_dtype())
-        with self._autocast():
-            last = torch.stack([self._prefill(cache.rows(b), ids) for b, ids in enumerate(prompts)])  # (B, V)
+        last = torch.cat([self._prefill(cache.rows(b), ids) for b, ids in enumerate(prompts)])  # (B, V)
+        next_ids = pick(last)
         # Only a model that cannot slide needs the ids on the host (to recompute its cropped context); a RoPE
         # model's loop never reads a device value back, so on CUDA the next step is queued while this one runs.
         history = None if self.sliding else [list(p) for p in prompts]
-        step = self._make_step(cache)
+        step = self._make_step(cache, pick)
         for i in range(max_new_tokens):
-            next_ids = pick(last)
             yield next_ids
             if i == max_new_tokens - 1:
                 break
             if history is not None:
-                for b in range(B):
-                    history[b].append(int(next_ids[b]))
+                for b, token in enumerate(_host_ids(next_ids)):
+                    history[b].append(token)
                 if int(cache.lengths.max()) >= self.block_size:
-                    last = self._recompute_last(history)  # learned positions can't slide
+                    next_ids = pick(self._recompute_last(history))  # learned positions can't slide
                     continue
-            last = step(next_ids)
+            next_ids = step(next_ids)
 
     def _prefill(self, cache_row: KVCache, ids: list[int]) -> torch.Tensor:
-        """Run the (cropped) prompt through the model into one sequence's cache; return its last logits (V,)."""
-        ids = ids[-self.block_size:]
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits, _ = self.model(idx, kv_cache=cache_row)
-        return logits[0, -1]
+        """Run the (cropped) prompt through the model into one sequence's cache; return its last logits (1, V)."""
+        idx = torch.tensor([ids[-self.block_size:]], dtype=torch.long, device=self.device)
+        return self._forward_last(idx, cache_row)
 
-    def _make_step(self, cache: KVCache) -> Callable[[torch.Tensor], torch.Tensor]:
-        """One decode step: ids (B,) -> last logits (B, V). Captured in a CUDA graph on CUDA."""
+    def _make_step(self, cache: KVCache, pick: Callable[[torch.Tensor], torch.Tensor]
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One decode step, ids (B,) -> the next ids (B,): the model on the cache, then sampling. Captured in a
+        CUDA graph on CUDA (forward and sampling both: a step is one replay)."""
+        clamp = self.device.type == "cuda"  # see generate_ids: an error id must not reach the embedding
+
         def step(ids: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                logits, _ = self.model(ids[:, None], kv_cache=cache)
-            return logits[:, -1]
+            ids = ids.clamp(min=0) if clamp else ids
+            return pick(self._forward_last(ids[:, None], cache))
 
-        if not self.cuda_graph:
+        if not self.cuda_graph or ops.backend_for(self.device) == "reference":
             return step
         static_ids = torch.zeros(cache.batch_size, dtype=torch.long, device=self.device)
         graph, static_out = None, None
@@ -109,17 +163,16 @@ class Engine:
             nonlocal graph, static_out
             static_ids.copy_(ids)
             if graph is None:
-                # Capture after the first eager step has warmed up every kernel (and Triton's compile cache).
+                # Capture after a first eager step has warmed up every kernel (Triton's compile cache, the
+                # sampler's cached parameter tensors). Capturing records kernels without running them, so the
+                # cache's counters and the sampler's state are left as the eager step advanced them.
                 out = step(static_ids)
                 graph = torch.cuda.CUDAGraph()
-                saved = cache.lengths.clone(), cache.starts.clone()
                 with torch.cuda.graph(graph):
                     static_out = step(static_ids)
-                cache.lengths.copy_(saved[0])  # capture advanced them
-                cache.starts.copy_(saved[1])
                 return out
             graph.replay()
-            return static_out
+            return static_out.clone()  # the next replay overwrites static_out; the caller may keep these ids
 
         return graphed
 
@@ -129,20 +182,21 @@ class Engine:
                           f"block_size={self.block_size}; recomputing the last {self.block_size} tokens each step",
                           RuntimeWarning, stacklevel=3)
             self._warned_recompute = True
-        with self._autocast():
-            return torch.stack([self.model(torch.tensor([h[-self.block_size:]], device=self.device))[0][0, -1]
-                                for h in history])
+        return self._context_logits(history)
 
-    def _recompute_loop(self, prompts: list[list[int]], max_new_tokens: int, pick) -> Iterator[torch.Tensor]:
+    def _context_logits(self, history: list[list[int]]) -> torch.Tensor:
+        """The last logits (B, V) of every sequence's cropped context, recomputed without a cache."""
+        return torch.cat([self._forward_last(torch.tensor([h[-self.block_size:]], device=self.device))
+                          for h in history])
+
+    def _recompute_loop(self, prompts: list[list[int]], max_new_tokens: int,
+                        pick: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
         """No cache: run the whole cropped context every step (nanoGPT's generate)."""
         history = [list(p) for p in prompts]
         for _ in range(max_new_tokens):
-            with self._autocast():
-                last = torch.stack([self.model(torch.tensor([h[-self.block_size:]], device=self.device))[0][0, -1]
-                                    for h in history])
-            next_ids = pick(last)
-            for b in range(len(history)):
-                history[b].append(int(next_ids[b]))
+            next_ids = pick(self._context_logits(history))
+            for b, token in enumerate(_host_ids(next_ids)):
+                history[b].append(token)
             yield next_ids
 
     # -- text in, text out ---------------------------------------------------------------------------------------
@@ -164,7 +218,7 @@ class Engine:
         done = [False] * len(prompts)
         for next_ids in self.generate_ids(encoded, max_new_tokens, temperature, top_k, top_p, seed):
             pieces = []
-            for b, i in enumerate(next_ids.tolist()):
+            for b, i in enumerate(_host_ids(next_ids)):
                 piece = "" if done[b] else tok.decode([i])
                 produced[b] += piece
                 done[b] = done[b] or (stop is not None and produced[b].endswith(stop))

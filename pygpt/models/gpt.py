@@ -90,7 +90,9 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual_init = True
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None, cache: LayerCache | None = None
+                ) -> torch.Tensor:
+        """x (B, T, C); positions (T,) or (B, T) (unused with a cache: the decode op reads its counters)."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
@@ -112,7 +114,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.n_embd, cfg.mlp, cfg.bias, cfg.dropout)
         self.mlp.down.residual_init = True
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None, cache: LayerCache | None = None
+                ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), positions, cache)
         return x + self.mlp(self.norm2(x))
 
@@ -163,7 +166,9 @@ class GPT(nn.Module):
         pygpt.infer.KVCache the tokens are decoded against it and appended to it.
         """
         B, T = idx.shape
-        if positions is None:
+        # A RoPE model decoding on a cache needs no positions: the decode op rotates at the cache's own counters
+        # (computing them anyway would be three more kernels in every decode step).
+        if positions is None and (kv_cache is None or self.config.pos != "rope"):
             positions = kv_cache.positions(T) if kv_cache is not None else torch.arange(T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
         if self.config.pos != "rope":

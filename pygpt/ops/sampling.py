@@ -40,7 +40,8 @@ from ._library import backend_for, extension
 
 OP = "sample"
 _INT32_MAX = 2**31 - 1
-_ERRORS = {-1: "logits contain NaN", -2: "a logits row is all -inf (nothing can be sampled)"}
+_ERRORS = {-1: "logits contain NaN", -2: "a logits row is all -inf (nothing can be sampled)",
+           -3: "a sampling parameter is out of range"}
 
 Param = float | int | torch.Tensor
 
@@ -222,8 +223,12 @@ def _row_error(ids: torch.Tensor, params: dict[str, Param]) -> ValueError:
                                  for n, v in params.items()})
         except ValueError as err:
             return ValueError(f"{err} (row {row})")
-        return ValueError(f"pygpt.{OP}: a sampling parameter is out of range (row {row})")
-    return ValueError(f"pygpt.{OP}: {_ERRORS.get(code, f'error code {code}')} (row {row})")
+    return ValueError(f"pygpt.{OP}: {describe_error(code)} (row {row})")
+
+
+def describe_error(code: int) -> str:
+    """What a negative id from the kernels means (-1 NaN, -2 all -inf, -3 a parameter out of range)."""
+    return _ERRORS.get(code, f"error code {code}")
 
 
 def _raise_landed(wait: bool = False) -> None:
