@@ -3,14 +3,18 @@
 # machine (10 minutes a command). 15 minutes of device time a session, the machine's start included, fit one
 # stage: run kernels first, heavy in a later session (or right after, where the budget allows: the second call
 # finds the build of the first on a still-warm machine and skips it):
-#   kernels  build pygpt against that torch; the kernels' test files (GPU tests and compiled Triton tests) in
-#            parallel while the benchmarks' kernels compile into Triton's cache; every kernel benchmark (Triton
-#            and CUDA C++ backends), the GMM benchmark and scaling curve, generation speed of the lite model
-#   heavy    train the heavy preset with the fused kernels, time generation with that model, then train it again
-#            on the Torch reference path (same seed): the fused-vs-reference comparison of the attention issue
+#   kernels    build pygpt against that torch; the kernels' test files (GPU tests and compiled Triton tests)
+#              in parallel while the benchmarks' kernels compile into Triton's cache; every kernel benchmark
+#              (Triton and CUDA C++ backends), the GMM benchmark and scaling curve, generation speed of the lite
+#              model (without the torch.compile modes, which the heavy stage times)
+#   heavy      train the heavy preset with the fused kernels, then time generation with that model in every
+#              mode (no cache, cache, CUDA graph, each torch.compile'd too)
+#   heavy-ref  train the heavy preset again on the Torch reference path (same seed): with heavy's log, the
+#              fused-vs-reference comparison of the attention issue
 # Usage, from the repository root:
 #   OUT=/path/to/logs STAGES=kernels bash benchmarks/gpu_suite.sh
 #   OUT=/path/to/logs STAGES=heavy bash benchmarks/gpu_suite.sh
+#   OUT=/path/to/logs STAGES=heavy-ref bash benchmarks/gpu_suite.sh
 # Text logs only go to $OUT (one file per stage plus suite.log, the summary; the device tool brings back at
 # most 8 files); checkpoints and tensorboard logs go to $WORK (default /tmp/pygpt-gpu). The heavy stage reads
 # Tiny Shakespeare from $PYGPT_DATA, else data/tinyshakespeare.txt in the checkout (git-ignored: copy it there
@@ -19,7 +23,7 @@ set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$repo/out/gpu}
 work=${WORK:-/tmp/pygpt-gpu}
-stages=${STAGES:-kernels heavy}
+stages=${STAGES:-kernels heavy heavy-ref}
 data=${PYGPT_DATA:-$repo/data/tinyshakespeare.txt}
 py=${PYTHON:-python3}
 mkdir -p "$out" "$work"
@@ -101,25 +105,33 @@ kernels() {
   done
   step "$log" 240 "bench_gmm (GPU vs scikit-learn on this machine's CPU, then the GPU scaling curve)" \
     $py "$repo/benchmarks/bench_gmm.py" --device cuda --scaling
-  step "$log" 120 "generate, bundled lite model" $py -m pygpt.cli bench generate
+  step "$log" 120 "generate, bundled lite model" $py -m pygpt.cli bench generate --modes no-cache,cache,cache+graph
+}
+
+# heavy_train LOG TITLE BACKEND OUT_DIR: the heavy preset as is (max_iters 5000, early stopping), with a time
+# limit that still scores the best checkpoint if a run is slower than expected. HEAVY_SET="key=value ..." adds
+# overrides (a CPU smoke test of this script: HEAVY_SET="max_iters=20 eval_interval=10 eval_iters=2" with a small
+# PYGPT_DATA).
+heavy_train() {
+  local log=$1 title=$2 backend=$3 dir=$4
+  if [ ! -f "$data" ]; then
+    note "$title: no Tiny Shakespeare at $data (set PYGPT_DATA or copy it to data/ and carry data)"
+    return 1
+  fi
+  local train=($py -m pygpt.cli train --config heavy --data "$data" --no-progress --time-limit "${HEAVY_LIMIT:-270}"
+               --set log_dir="$work/logs" --out "$dir")
+  for override in ${HEAVY_SET:-}; do train+=(--set "$override"); done
+  TAIL=4 step "$log" 330 "$title" env PYGPT_BACKEND="$backend" "${train[@]}"
 }
 
 heavy() {
   local log="$out/heavy.log"
-  if [ ! -f "$data" ]; then
-    note "heavy: no Tiny Shakespeare at $data (set PYGPT_DATA or copy it to data/ and carry data)"
-    return 1
-  fi
-  # Both runs: the heavy preset as is (max_iters 5000, early stopping), with a time limit that still scores
-  # the best checkpoint if a run is slower than expected. HEAVY_SET="key=value ..." adds overrides (a CPU smoke
-  # test of this script: HEAVY_SET="max_iters=20 eval_interval=10 eval_iters=2" with a small PYGPT_DATA).
-  local train=($py -m pygpt.cli train --config heavy --data "$data" --no-progress --time-limit "${HEAVY_LIMIT:-270}"
-               --set log_dir="$work/logs")
-  for override in ${HEAVY_SET:-}; do train+=(--set "$override"); done
-  TAIL=4 step "$log" 330 "heavy, fused kernels" env PYGPT_BACKEND=auto "${train[@]}" --out "$work/heavy-fused"
-  TAIL=5 step "$log" 120 "generate, heavy model" $py -m pygpt.cli bench generate --checkpoint "$work/heavy-fused/best"
-  TAIL=4 step "$log" 330 "heavy, Torch reference path" env PYGPT_BACKEND=reference "${train[@]}" \
-    --out "$work/heavy-reference"
+  heavy_train "$log" "heavy, fused kernels" auto "$work/heavy-fused" || return 1
+  TAIL=7 step "$log" 240 "generate, heavy model" $py -m pygpt.cli bench generate --checkpoint "$work/heavy-fused/best"
+}
+
+heavy_ref() {
+  heavy_train "$out/heavy-ref.log" "heavy, Torch reference path" reference "$work/heavy-reference"
 }
 
 cd /tmp  # import the installed package, not the source tree
@@ -130,6 +142,7 @@ for stage in $stages; do
   case $stage in
     kernels) kernels ;;
     heavy) heavy ;;
-    *) note "unknown stage '$stage' (kernels, heavy)"; exit 2 ;;
+    heavy-ref) heavy_ref ;;
+    *) note "unknown stage '$stage' (kernels, heavy, heavy-ref)"; exit 2 ;;
   esac
 done

@@ -138,14 +138,16 @@ def test_gpu_cached_decode_matches_full_recompute(pos):
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_replays_the_eager_decode_step():
-    """The graphed decode loop (bf16 cache, autocast) gives exactly the ids of the same loop run eagerly, greedy
-    and sampled with one seed, over a batch of different prompt lengths and past the window."""
+    """The graphed decode loop (bf16 cache, autocast, sampling inside the graph) gives exactly the ids of the same
+    loop run eagerly, greedy and sampled with one seed, over a batch of different prompt lengths and past the
+    window; torch.compile'd too."""
     model = _model("rope", block_size=16).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
-    for kw in (dict(temperature=0), dict(temperature=0.9, top_k=5, seed=7)):
-        graphed = torch.stack(list(Engine(model, cuda_graph=True).generate_ids(prompts, 40, **kw)))
-        eager = torch.stack(list(Engine(model, cuda_graph=False).generate_ids(prompts, 40, **kw)))
-        assert torch.equal(graphed, eager), kw
+    for compile in (False, True):  # (compiled and eager kernels may round differently: each against itself)
+        for kw in (dict(temperature=0), dict(temperature=0.9, top_k=5, seed=7)):
+            graphed, eager = (torch.stack(list(Engine(model, cuda_graph=graph, compile=compile)
+                                               .generate_ids(prompts, 40, **kw))) for graph in (True, False))
+            assert torch.equal(graphed, eager), (compile, kw)
 
 
 # -- the engine's CUDA recipe (bf16 autocast, precast weights, launch count), checked on CPU ------------------
@@ -211,6 +213,24 @@ def test_bf16_engine_on_cpu_generates_and_is_seeded():
     first = engine.generate(["abc", "de"], 30, temperature=1.0, seed=5)
     assert [len(t) for t in first] == [30, 30]
     assert engine.generate(["abc", "de"], 30, temperature=1.0, seed=5) == first
+
+
+def test_compiled_decode_step_gives_the_eager_ids_and_compiles_once():
+    """The torch.compile'd step (Inductor fuses each residual add with the next norm; the ops stay extern calls
+    that update the cache and the RNG state in place) gives the eager engine's ids, greedy and sampled, over a
+    batch of different prompt lengths and past the window; a second generation reuses the compiled code."""
+    from torch._dynamo.utils import counters
+
+    model = _model("rope", block_size=8)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    engine = Engine(model, compile=True)
+    kw = dict(temperature=0.9, top_k=5, seed=7)  # (one setting: each new one compiles again, ~15 s on CI)
+    eager = torch.stack(list(Engine(model).generate_ids(prompts, 20, **kw)))
+    compiled = torch.stack(list(engine.generate_ids(prompts, 20, **kw)))
+    assert torch.equal(compiled, eager)
+    graphs = counters["stats"]["unique_graphs"]
+    again = torch.stack(list(engine.generate_ids(prompts, 20, **kw)))
+    assert torch.equal(again, compiled) and counters["stats"]["unique_graphs"] == graphs
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

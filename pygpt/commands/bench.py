@@ -1,6 +1,7 @@
 """`pygpt bench generate`: generation speed per ../shared/EVAL.md - batch 1, a 1-character prompt, 1000 new
 characters at temperature 0.8 and top-k 10, after a 50-token warm-up - as ms/token, for full recompute (no
-cache), the KV cache, and (on CUDA) the KV cache with the CUDA-graphed decode step."""
+cache), the KV cache, the KV cache with the decode step torch.compile'd (its compile time, part of the warm-up,
+printed apart), and on CUDA the same two with the decode step CUDA-graphed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--modes", default="", help="comma-separated subset of no-cache,cache,cache+graph")
+    parser.add_argument("--modes", default="", help="comma-separated subset of no-cache,cache,cache+compile "
+                                                    "(and on CUDA cache+graph,cache+graph+compile)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,10 +32,15 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    modes = {"no-cache": dict(use_cache=False, cuda_graph=False), "cache": dict(use_cache=True, cuda_graph=False)}
+    modes = {"no-cache": dict(use_cache=False, cuda_graph=False), "cache": dict(use_cache=True, cuda_graph=False),
+             "cache+compile": dict(use_cache=True, cuda_graph=False, compile=True)}
     if device.type == "cuda":
         modes["cache+graph"] = dict(use_cache=True, cuda_graph=True)
+        modes["cache+graph+compile"] = dict(use_cache=True, cuda_graph=True, compile=True)
     if args.modes:
+        unknown = sorted(set(args.modes.split(",")) - set(modes))
+        if unknown:
+            raise SystemExit(f"pygpt bench: unknown --modes {unknown} on {device.type} (choose from {list(modes)})")
         modes = {m: modes[m] for m in args.modes.split(",")}
     cfg = ckpt.model.config
     print(f"generate on {device_name(device)}: {ckpt.model.num_params():,}-parameter GPT ({cfg.n_layer} layers, "
@@ -41,13 +48,16 @@ def run(args: argparse.Namespace) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for name, options in modes.items():
         engine = Engine(ckpt.model, ckpt.tokenizer, **options)
+        start = time.perf_counter()
         for _ in engine.generate_ids([[0]], 50, temperature=0.8, top_k=10, seed=0):  # warm-up
             pass
         sync()
+        warm_up = time.perf_counter() - start
         start = time.perf_counter()
         for _ in engine.generate_ids([[0]], args.tokens, temperature=0.8, top_k=10, seed=0):
             pass
         sync()
         ms = (time.perf_counter() - start) * 1e3 / args.tokens
-        print(f"{name:<12} {ms:8.3f} ms/token")
+        compiled = f"   (compile + 50-token warm-up: {warm_up:.1f} s)" if options.get("compile") else ""
+        print(f"{name:<20} {ms:8.3f} ms/token{compiled}")
     return 0

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
     parser.add_argument("--no-cuda-graph", action="store_true", help="don't capture the decode step on CUDA")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decode step: the first run compiles (tens of seconds, then cached "
+                             "on disk); pays off for long generations (see `pygpt bench generate`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
-        engine = Engine(ckpt.model, ckpt.tokenizer, use_cache=not args.no_cache, cuda_graph=not args.no_cuda_graph)
+        engine = Engine(ckpt.model, ckpt.tokenizer, use_cache=not args.no_cache, cuda_graph=not args.no_cuda_graph,
+                        compile=args.compile)
         stream = engine.stream(args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed,
                                args.stop)
         sys.stdout.write(args.prompt)

@@ -57,15 +57,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"pygpt train: {err}") from None
     words = data if isinstance(data, WordDataset) else None
 
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed too: a run is reproducible
     if args.model == "gpt":
         from pygpt.models import GPT
 
         cfg.model.vocab_size = data.tokenizer.vocab_size
         model = GPT(cfg.model)
     else:
-        import torch
-
-        torch.manual_seed(cfg.train.seed)
         model = MODEL_TYPES[args.model][0](cfg.model)
     train_ids, val_ids = training_streams(data)
     if args.model == "bigram-count":  # training is counting: no optimizer steps

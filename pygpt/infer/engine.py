@@ -50,10 +50,12 @@ class Engine:
     """Generate from ``model`` (a pygpt GPT). ``use_cache=False`` recomputes the whole context every step;
     ``cuda_graph`` captures the decode step on CUDA (ignored on CPU, and with the reference backend, whose
     checks read values on the host). ``amp``: run under bf16 autocast with a bf16 KV cache (default: on CUDA;
-    on CPU it is for testing what a CUDA run does)."""
+    on CPU it is for testing what a CUDA run does). ``compile``: torch.compile the decode step (forward and
+    sampling, fusing each residual add with the next norm and its cast): the first step in a process compiles
+    (tens of seconds, then cached on disk by Inductor; new sampling settings or batch sizes compile again)."""
 
     def __init__(self, model: nn.Module, tokenizer: CharTokenizer | None = None, use_cache: bool = True,
-                 cuda_graph: bool = True, amp: bool | None = None):
+                 cuda_graph: bool = True, amp: bool | None = None, compile: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -64,6 +66,7 @@ class Engine:
         self.sliding = getattr(model.config, "pos", None) == "rope"
         self._warned_recompute = False
         self.amp = self.device.type == "cuda" if amp is None else amp
+        self.compile = compile
         # Under autocast the model runs from a twin whose Linear weights are cast once per generation instead
         # of once per step (see precast.py).
         self._precast = PrecastModel(model, torch.bfloat16) if self.amp else None
@@ -154,6 +157,8 @@ class Engine:
             ids = ids.clamp(min=0) if clamp else ids
             return pick(self._forward_last(ids[:, None], cache))
 
+        if self.compile:
+            step = torch.compile(step, fullgraph=True, dynamic=False)
         if not self.cuda_graph or ops.backend_for(self.device) == "reference":
             return step
         static_ids = torch.zeros(cache.batch_size, dtype=torch.long, device=self.device)
