@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, for a machine with a CUDA torch (and triton) installed, in two stages sized for a lent GPU
+# The GPU checks, for a machine with a CUDA torch (and triton) installed, in three stages sized for a lent GPU
 # machine (10 minutes a command). 15 minutes of device time a session, the machine's start included, fit one
 # stage: run kernels first, heavy in a later session (or right after, where the budget allows: the second call
 # finds the build of the first on a still-warm machine and skips it):
@@ -71,7 +71,7 @@ build() {
 # and all at once: most of their time is Triton compiling kernels, one process at a time each.
 gpu_tests() {
   local log=$1 start=$SECONDS files=(test_rope_attention test_kv_cache test_rotary test_sampling test_engine
-                                     test_gmm_gpu) pids=() i=0 rc
+                                     test_fused_linear test_gmm_gpu) pids=() i=0 rc
   note "== gpu tests: ${files[*]} (in parallel)"
   for f in "${files[@]}"; do
     timeout 300 $py -m pytest "$repo/tests/$f.py" -q -p no:cacheprovider > "$work/$f.log" 2>&1 &
@@ -97,7 +97,8 @@ kernels() {
   gpu_tests "$log"
   wait "$warm"
   note "== warm Triton cache: exit $?, $(tail -n 1 "$work/warm.log")"
-  for bench in bench_rotary bench_rope_attention bench_decode_attention bench_kv_cache bench_sample; do
+  for bench in bench_rotary bench_rope_attention bench_decode_attention bench_kv_cache bench_sample \
+               bench_fused_linear; do
     step "$log" 120 "$bench" $py "$repo/benchmarks/$bench.py"
   done
   for bench in bench_rotary bench_kv_cache bench_sample; do  # the CUDA C++ kernels of the same ops
@@ -105,7 +106,8 @@ kernels() {
   done
   step "$log" 240 "bench_gmm (GPU vs scikit-learn on this machine's CPU, then the GPU scaling curve)" \
     $py "$repo/benchmarks/bench_gmm.py" --device cuda --scaling
-  step "$log" 120 "generate, bundled lite model" $py -m pygpt.cli bench generate --modes no-cache,cache,cache+graph
+  step "$log" 120 "generate, bundled lite model" $py -m pygpt.cli bench generate \
+    --modes no-cache,cache,cache+graph,cache+graph-unfused
 }
 
 # heavy_train LOG TITLE BACKEND OUT_DIR: the heavy preset as is (max_iters 5000, early stopping), with a time

@@ -46,4 +46,13 @@ TORCH_LIBRARY(pygpt, m) {
   m.def("rope_decode_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
         "Tensor(c!) lengths, Tensor(d!) starts, float scale, float base=10000.0, bool rope=True, "
         "bool advance=True) -> Tensor");
+
+  // A decode step's Linear with its neighbours fused in, for the few rows (M = B * T) of a decode step:
+  // out (M, N) = residual + act(norm(x) @ weight^T + bias) for x (M, K) and weight (N, K) ((2N, K) for swiglu).
+  // norm: 0 none, 1 layernorm (norm_weight, optional norm_bias), 2 rmsnorm (norm_weight); act: 0 none, 1 gelu
+  // (erf), 2 swiglu (silu of the first N outputs times the last N). Norm and accumulation in float32 (float64
+  // for float64 weights); the normalised row and the result are rounded to weight's dtype (as autocast does
+  // around a matmul); the residual (M, N), weight's dtype or float32, is added in its own dtype.
+  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, Tensor? norm_bias, int norm, "
+        "float eps, int act, Tensor? residual) -> Tensor");
 }

@@ -188,6 +188,20 @@ def _sample(B: int, V: int, dtype: torch.dtype) -> Callable[[], None]:
     return launch
 
 
+def _fused_linear(M: int, K: int, N: int, dtype: torch.dtype, norm: str, act: str, bias: bool,
+                  residual: torch.dtype | None) -> Callable[[], None]:
+    def launch():
+        from pygpt.kernels.fused_linear import fused_linear_triton
+        from pygpt.ops.linear import ACTS, NORMS
+
+        weight = torch.empty(2 * N if act == "swiglu" else N, K, dtype=dtype)
+        vec = torch.empty(K)
+        fused_linear_triton(torch.empty(M, K), weight, torch.empty(weight.shape[0], dtype=dtype) if bias else None,
+                            None if norm == "none" else vec, vec if norm == "layernorm" else None, NORMS[norm],
+                            1e-5, ACTS[act], None if residual is None else torch.empty(M, N, dtype=residual))
+    return launch
+
+
 def default_cases() -> dict[str, Callable[[], None]]:
     """The shapes the benchmarks, the presets and the tests' odd sizes launch, one entry per distinct config."""
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
@@ -208,6 +222,24 @@ def default_cases() -> dict[str, Callable[[], None]]:
         "kv append+evict B32 H32 D128 cache 4096 bf16": _kv_cache(32, 1, 32, 128, 4096, bf16),
         "kv append+evict B3 Tn5 H2 D40 cache 7 fp32": _kv_cache(3, 5, 2, 40, 7, fp32),
     }
+    # The heavy model's decode step (6 x 384, vocab 65) under bf16, lite's in fp32, and the other variants.
+    cases.update({
+        "fused_linear B1 K384 N1152 bf16 layernorm (qkv)": _fused_linear(1, 384, 1152, bf16, "layernorm", "none",
+                                                                          False, None),
+        "fused_linear B1 K384 N384 bf16 +res (proj)": _fused_linear(1, 384, 384, bf16, "none", "none", False, fp32),
+        "fused_linear B1 K384 N1536 bf16 layernorm gelu (up)": _fused_linear(1, 384, 1536, bf16, "layernorm",
+                                                                              "gelu", False, None),
+        "fused_linear B1 K1536 N384 bf16 +res (down)": _fused_linear(1, 1536, 384, bf16, "none", "none", False,
+                                                                      fp32),
+        "fused_linear B1 K384 N65 bf16 layernorm (head)": _fused_linear(1, 384, 65, bf16, "layernorm", "none",
+                                                                         False, None),
+        "fused_linear B1 K128 N512 fp32 layernorm gelu": _fused_linear(1, 128, 512, fp32, "layernorm", "gelu",
+                                                                        False, None),
+        "fused_linear B4 K200 N333 fp16 rmsnorm swiglu bias": _fused_linear(4, 200, 333, fp16, "rmsnorm", "swiglu",
+                                                                             True, fp16),
+        "fused_linear B64 K4096 N4096 bf16 layernorm": _fused_linear(64, 4096, 4096, bf16, "layernorm", "none",
+                                                                      False, fp32),
+    })
     for V in (65, 32000, 128256):
         for B in (1, 64):
             cases[f"sample B{B} V{V} fp32"] = _sample(B, V, fp32)

@@ -192,19 +192,74 @@ def _ops_per_step(model, **engine_kw) -> dict[str, float]:
 
 
 def test_decode_step_launch_budget():
-    """A batch-1 decode step is bound by kernel launches, so their number is the budget to keep. Per layer: two
-    norms, two activation casts to bf16 (the norms run in fp32 under autocast), four Linear GEMMs, the fused
-    decode attention, GELU, two residual adds; per step: the embedding, the final norm, its cast, the LM head,
-    sampling and its RNG advance (+ CPU's error check). No weight casts (the twin holds bf16 weights) and no
-    position ids (the decode op reads the cache's counters)."""
+    """A batch-1 decode step is bound by kernel launches, so their number is the budget to keep. On fused ops
+    (the default), per layer: norm1+qkv, the decode attention, proj+residual, norm2+up+GELU, down+residual; per
+    step: the embedding, norm_f+LM head, sampling and its RNG advance (+ CPU's error check: min, item). No casts
+    (the twin holds bf16 weights, the kernels round as autocast would) and no position ids (the decode op reads
+    the cache's counters)."""
     n_layer = 3
-    per_step = _ops_per_step(_model(n_layer=n_layer, block_size=32), amp=True)
-    assert per_step["aten.linear"] == 4 * n_layer + 1
-    assert per_step["aten.to.dtype"] == 2 * n_layer + 1, per_step  # activations only
-    assert "aten.arange" not in per_step, per_step
-    assert sum(per_step.values()) == 12 * n_layer + 8, per_step
-    fp32 = _ops_per_step(_model(n_layer=n_layer, block_size=32))  # CPU default: fp32, no casts at all
-    assert "aten.to.dtype" not in fp32 and sum(fp32.values()) == sum(per_step.values()) - (2 * n_layer + 1), fp32
+    model = _model(n_layer=n_layer, block_size=32)
+    for amp in (True, False):
+        per_step = _ops_per_step(model, amp=amp)
+        assert per_step["pygpt.fused_linear"] == 4 * n_layer + 1
+        assert per_step["pygpt.rope_decode_attention"] == n_layer
+        assert sum(per_step.values()) == 5 * n_layer + 6, per_step
+    # model.forward on the cache (fused=False): two norms, two activation casts to bf16 (the norms run in fp32
+    # under autocast), four Linear GEMMs, the decode attention, GELU, two residual adds per layer.
+    unfused = _ops_per_step(model, amp=True, fused=False)
+    assert unfused["aten.linear"] == 4 * n_layer + 1
+    assert unfused["aten.to.dtype"] == 2 * n_layer + 1, unfused  # activations only
+    assert "aten.arange" not in unfused, unfused
+    assert sum(unfused.values()) == 12 * n_layer + 8, unfused
+
+
+FUSED_CONFIGS = [
+    dict(pos="rope"),
+    dict(pos="rope", n_kv_head=1, mlp="swiglu", bias=True),
+    dict(pos="learned", bias=True),
+    dict(pos="sinusoidal", norm="rmsnorm", mlp="swiglu"),
+]
+
+
+@pytest.mark.parametrize("cfg", FUSED_CONFIGS)
+@pytest.mark.parametrize("amp", [False, True])
+@torch.inference_mode()
+def test_fused_decoder_equals_model_forward_on_the_cache(cfg, amp):
+    """Decode steps on fused ops give model.forward's logits on the cache (fp32: to rounding order; under bf16
+    autocast from the engine's bf16 twin: to bf16 rounding) and write the same cache, for every position kind,
+    norm, MLP, bias and GQA, batch 2 with different histories."""
+    from pygpt.infer.decoder import FusedDecoder
+    from pygpt.infer.precast import PrecastModel
+
+    model = _model(**cfg)
+    runner = PrecastModel(model).model if amp else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp)
+    dtype = torch.bfloat16 if amp else torch.float32
+    caches = [KVCache.for_model(model, 2, dtype=dtype) for _ in range(2)]
+    prompt = torch.randint(0, 20, (2, 5))
+    with autocast:
+        for cache in caches:
+            runner(prompt, kv_cache=cache)
+    decoder = FusedDecoder(runner)
+    ids = torch.randint(0, 20, (2, 1))
+    tol = {"atol": 3e-2, "rtol": 3e-2} if amp else {"atol": 1e-5, "rtol": 1e-5}
+    for _ in range(6):
+        with autocast:
+            expected = runner(ids, kv_cache=caches[0])[0][:, -1]
+        fused = decoder(ids, caches[1])
+        assert fused.dtype == expected.dtype and torch.isfinite(fused).all()
+        torch.testing.assert_close(fused.float(), expected.float(), **tol)
+        ids = expected.float().argmax(-1, keepdim=True)
+    for a, b in zip(caches[0].k + caches[0].v + [caches[0].lengths], caches[1].k + caches[1].v + [caches[1].lengths]):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_fused_and_unfused_engines_generate_the_same_text():
+    model = _model("rope", block_size=8)
+    kw = dict(temperature=0.9, top_k=5, seed=3)
+    fused = torch.stack(list(Engine(model).generate_ids([[1, 2, 3], [4, 5]], 20, **kw)))
+    unfused = torch.stack(list(Engine(model, fused=False).generate_ids([[1, 2, 3], [4, 5]], 20, **kw)))
+    assert torch.equal(fused, unfused)
 
 
 def test_bf16_engine_on_cpu_generates_and_is_seeded():

@@ -1,7 +1,8 @@
 """`pygpt bench generate`: generation speed per ../shared/EVAL.md - batch 1, a 1-character prompt, 1000 new
 characters at temperature 0.8 and top-k 10, after a 50-token warm-up - as ms/token, for full recompute (no
-cache), the KV cache, the KV cache with the decode step torch.compile'd (its compile time, part of the warm-up,
-printed apart), and on CUDA the same two with the decode step CUDA-graphed."""
+cache), the KV cache (decode steps on fused ops; "-unfused": model.forward on the cache), the KV cache with the
+decode step torch.compile'd (its compile time, part of the warm-up, printed apart), and on CUDA the same with
+the decode step CUDA-graphed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--modes", default="", help="comma-separated subset of no-cache,cache,cache+compile "
-                                                    "(and on CUDA cache+graph,cache+graph+compile)")
+    parser.add_argument("--modes", default="", help="comma-separated subset of no-cache,cache,cache-unfused,"
+                                                    "cache+compile (and on CUDA cache+graph,cache+graph-unfused,"
+                                                    "cache+graph+compile)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
     modes = {"no-cache": dict(use_cache=False, cuda_graph=False), "cache": dict(use_cache=True, cuda_graph=False),
+             "cache-unfused": dict(use_cache=True, cuda_graph=False, fused=False),
              "cache+compile": dict(use_cache=True, cuda_graph=False, compile=True)}
     if device.type == "cuda":
         modes["cache+graph"] = dict(use_cache=True, cuda_graph=True)
+        modes["cache+graph-unfused"] = dict(use_cache=True, cuda_graph=True, fused=False)
         modes["cache+graph+compile"] = dict(use_cache=True, cuda_graph=True, compile=True)
     if args.modes:
         unknown = sorted(set(args.modes.split(",")) - set(modes))

@@ -6,10 +6,10 @@ generation goes on forever with a sliding window of block_size positions. With l
 positions it cannot slide; past the window the engine recomputes the cropped context each step, as nanoGPT does,
 and says so once.
 
-On CUDA a decode step (the model's forward on the cache, then sampling, whose RNG state lives on the device) is
-captured once in a CUDA graph and replayed: one replay per token, nothing read back to the host. The model runs
-under bf16 autocast from a twin holding bf16 Linear weights (precast.py), which removes a quarter of the step's
-kernels without changing a bit of its logits.
+A decode step runs the GPT on fused ops (decoder.py: five ops a block instead of about twelve). On CUDA the step
+(forward, then sampling, whose RNG state lives on the device) is captured once in a CUDA graph and replayed: one
+replay per token, nothing read back to the host. The model runs under bf16 autocast from a twin holding bf16
+Linear weights (precast.py), so no weight is cast per step.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pygpt.ops as ops
 from pygpt.data import CharTokenizer
 
 from .cache import KVCache
+from .decoder import FusedDecoder
 from .precast import PrecastModel
 
 CHECK_EVERY = 64  # steps between the CUDA engine's reads of its error flag (one host sync each)
@@ -52,10 +53,11 @@ class Engine:
     checks read values on the host). ``amp``: run under bf16 autocast with a bf16 KV cache (default: on CUDA;
     on CPU it is for testing what a CUDA run does). ``compile``: torch.compile the decode step (forward and
     sampling, fusing each residual add with the next norm and its cast): the first step in a process compiles
-    (tens of seconds, then cached on disk by Inductor; new sampling settings or batch sizes compile again)."""
+    (tens of seconds, then cached on disk by Inductor; new sampling settings or batch sizes compile again).
+    ``fused``: decode steps on pygpt.ops.fused_linear (decoder.py); False runs model.forward on the cache."""
 
     def __init__(self, model: nn.Module, tokenizer: CharTokenizer | None = None, use_cache: bool = True,
-                 cuda_graph: bool = True, amp: bool | None = None, compile: bool = False):
+                 cuda_graph: bool = True, amp: bool | None = None, compile: bool = False, fused: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -71,6 +73,7 @@ class Engine:
         # of once per step (see precast.py).
         self._precast = PrecastModel(model, torch.bfloat16) if self.amp else None
         self._runner = self._precast.model if self._precast is not None else model
+        self._decoder = FusedDecoder(self._runner) if fused and self.use_cache else None
 
     def _autocast(self):
         if self.amp:
@@ -155,6 +158,8 @@ class Engine:
 
         def step(ids: torch.Tensor) -> torch.Tensor:
             ids = ids.clamp(min=0) if clamp else ids
+            if self._decoder is not None:
+                return pick(self._decoder(ids[:, None], cache))
             return pick(self._forward_last(ids[:, None], cache))
 
         if self.compile:

@@ -170,7 +170,17 @@ class GPT(nn.Module):
         # (computing them anyway would be three more kernels in every decode step).
         if positions is None and (kv_cache is None or self.config.pos != "rope"):
             positions = kv_cache.positions(T) if kv_cache is not None else torch.arange(T, device=idx.device)
-        x = self.wte(idx)  # (B, T, C)
+        x = self.drop(self.embed(idx, positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, kv_cache.layer(i) if kv_cache is not None else None)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        loss = None if targets is None else lm_loss(logits, targets)
+        return logits, loss
+
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """idx (B, T) -> (B, T, C): token embeddings, plus the position table's rows at ``positions`` (T,) or
+        (B, T) for learned or sinusoidal positions (RoPE rotates inside attention instead)."""
+        x = self.wte(idx)
         if self.config.pos != "rope":
             # (The bound check reads positions on the host: skipped while torch.compile traces.)
             if not torch.compiler.is_compiling() and int(positions.max()) >= self.config.block_size:
@@ -178,12 +188,7 @@ class GPT(nn.Module):
                                  f"pos={self.config.pos!r}")
             table = self.wpe.weight if self.config.pos == "learned" else self.wpe_table
             x = x + table[positions]
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, positions, kv_cache.layer(i) if kv_cache is not None else None)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        loss = None if targets is None else lm_loss(logits, targets)
-        return logits, loss
+        return x
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
