@@ -9,12 +9,13 @@ so BLOCK_N is sized to give every multiprocessor about two programs. Numerics: p
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._device import sm_count
 
 # Matches pygpt.ops.linear.NORMS / ACTS (constexpr: a kernel may read no other globals).
 NORM_NONE, NORM_LAYER, NORM_RMS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -54,13 +55,13 @@ def _row_dot(w_ptr, rows, row_mask, offs, kmask, h, K):
 @triton.jit
 def _fused_linear_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, res_ptr, out_ptr, N, K, eps,
                          NORM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BETA: tl.constexpr,
-                         HAS_RES: tl.constexpr, DOUBLE: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, RNE_BY_HAND: tl.constexpr):
+                         HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         RNE_BY_HAND: tl.constexpr):
     row = tl.program_id(1).to(tl.int64)
     cols = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     col_mask = cols < N
-    acc_ty: tl.constexpr = tl.float64 if DOUBLE else tl.float32
     w_ty: tl.constexpr = w_ptr.dtype.element_ty
+    acc_ty: tl.constexpr = tl.float64 if w_ty == tl.float64 else tl.float32
     x_row = x_ptr + row * K
 
     # The row's norm statistics, two passes over its K values (the mean first: no cancellation).
@@ -106,13 +107,6 @@ def _fused_linear_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, res_ptr, out_ptr,
     tl.store(out_ptr + row * N + cols, y.to(out_ty), mask=col_mask)
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132  # an H100's (for pygpt.triton_aot, which compiles from CPU tensors)
-
-
 def launch_config(M: int, N: int, K: int, sms: int) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_K): the widest output block that still gives about two programs per multiprocessor."""
     block_k = min(triton.next_power_of_2(K), 128)
@@ -134,13 +128,13 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     out = torch.empty((M, N), device=x.device, dtype=weight.dtype if residual is None else residual.dtype)
     if M == 0 or N == 0:
         return out
-    block_n, block_k = launch_config(M, N, K, _sm_count(x.device))
+    block_n, block_k = launch_config(M, N, K, sm_count(x.device))
     has_norm, layer_norm = norm != NORM_NONE.value, norm == NORM_LAYER.value
     _fused_linear_kernel[(triton.cdiv(N, block_n), M)](
         x, weight, bias if bias is not None else weight, norm_weight if has_norm else weight,
         norm_bias if (layer_norm and norm_bias is not None) else weight,
         residual if residual is not None else out, out, N, K, float(eps),
         NORM=norm, ACT=act, HAS_BIAS=bias is not None, HAS_BETA=layer_norm and norm_bias is not None,
-        HAS_RES=residual is not None, DOUBLE=weight.dtype == torch.float64, BLOCK_N=block_n, BLOCK_K=block_k,
+        HAS_RES=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
         RNE_BY_HAND=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4)
     return out

@@ -50,12 +50,13 @@ is out of range, else -1 for NaN logits, else -2 for a row of all -inf. The Pyth
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._device import sm_count
 
 NUM_PIVOTS = 16
 KEY_MAX = tl.constexpr(0x7F800000)  # key(-inf); every key of a valid z is in [0, KEY_MAX]
@@ -603,11 +604,6 @@ def _sample_kernel(logits_ptr, stride_b, temp_ptr, topk_ptr, topp_ptr, minp_ptr,
     tl.store(out_ptr + rows, ids, mask=rmask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def split_count(B: int, V: int, sm_count: int) -> int:
     """Segments a row for the split path on a GPU of sm_count multiprocessors: enough programs for about two a
     multiprocessor, segments of at least SPLIT_MIN_SEG columns; 1 (one program a row) for large batches."""
@@ -632,7 +628,7 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     # tiles, so that a batch of many short rows is a few programs.
     tile = 65536 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
     if splits is None:
-        splits = split_count(B, V, _sm_count(logits.device.index or 0)) if logits.is_cuda else 1
+        splits = split_count(B, V, sm_count(logits.device)) if logits.is_cuda else 1
     splits = min(splits, SPLIT_MAX)
     if splits > 1:
         seg_tile = block_v or max(16, min(SPLIT_MAX_TILE, triton.next_power_of_2(triton.cdiv(V, splits))))

@@ -29,7 +29,6 @@ import torch
 SHARED_LIMIT = 232448
 REGISTERS_PER_BLOCK = 65536
 REGISTERS_PER_THREAD = 255
-H100_SMS = 132  # the split path of sample sizes its launches by this (an H200 has as many)
 
 
 @dataclass(frozen=True)
@@ -180,11 +179,12 @@ def _kv_cache(B: int, Tn: int, Hkv: int, D: int, C: int, dtype: torch.dtype) -> 
 
 def _sample(B: int, V: int, dtype: torch.dtype) -> Callable[[], None]:
     def launch():
+        from pygpt.kernels._device import HOPPER_SMS
         from pygpt.kernels.sample import sample_triton, split_count
 
         rows = torch.empty(B, dtype=torch.float32)
         sample_triton(torch.empty(B, V, dtype=dtype), rows, torch.empty(B, dtype=torch.int32), rows, rows,
-                      torch.zeros(2, dtype=torch.int64), splits=split_count(B, V, H100_SMS))
+                      torch.zeros(2, dtype=torch.int64), splits=split_count(B, V, HOPPER_SMS))
     return launch
 
 

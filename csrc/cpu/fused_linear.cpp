@@ -62,15 +62,13 @@ PYGPT_INLINE acc_t dot(const acc_t* __restrict__ h, const weight_t* __restrict__
   return sum;
 }
 
-// dots[j][m] = h[m] . w[n + j] for the kCols (or fewer, at the end) weight rows from n.
+// out[m][j] = h[m] . w[n + j] for the kCols (or fewer, at the end) weight rows from n.
 template <typename weight_t, typename acc_t>
 PYGPT_INLINE void dots(const acc_t* h, const weight_t* w, int64_t n, int64_t cols, int64_t M, int64_t K,
                        acc_t (*out)[kCols]) {
   for (int64_t m = 0; m < M; ++m) {
     if (cols == kCols) {
-      acc_t four[kCols];
-      dot4(h + m * K, w + n * K, K, four);
-      for (int64_t j = 0; j < kCols; ++j) out[m][j] = four[j];
+      dot4(h + m * K, w + n * K, K, out[m]);
     } else {
       for (int64_t j = 0; j < cols; ++j) out[m][j] = dot(h + m * K, w + (n + j) * K, K);
     }

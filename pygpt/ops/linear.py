@@ -97,6 +97,26 @@ def _check_args(x, weight, bias, norm, norm_weight, norm_bias, act, residual) ->
         check_shape(OP, "residual", residual, (*x.shape[:-1], N))
 
 
+def _bind(weight, bias, norm, norm_weight, norm_bias, eps, act) -> tuple[tuple, dict]:
+    """(the compiled op's arguments after x, the reference's keyword arguments) of a checked call."""
+    ref_kwargs = dict(norm=norm, norm_weight=norm_weight, norm_bias=norm_bias, eps=eps, act=act)
+    return (weight, bias, norm_weight, norm_bias, NORMS[norm], float(eps), ACTS[act]), ref_kwargs
+
+
+def _run(x: torch.Tensor, residual: torch.Tensor | None, op_args: tuple, ref_kwargs: dict) -> torch.Tensor:
+    """A checked call: the reference when forced, without the extension or when gradients are required, else the
+    compiled op on x's rows (M, K)."""
+    weight, bias = op_args[0], op_args[1]
+    tensors = (x, residual, *op_args[:4])
+    if backend_for(weight.device) == "reference" or (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return fused_linear_reference(x, weight, bias, residual=residual, **ref_kwargs)
+    rows = x.reshape(-1, weight.shape[1]).contiguous()
+    res = None if residual is None else residual.reshape(rows.shape[0], -1).contiguous()
+    out = torch.ops.pygpt.fused_linear(rows, *op_args, res)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, norm: str = "none",
                  norm_weight: torch.Tensor | None = None, norm_bias: torch.Tensor | None = None, eps: float = 1e-5,
                  act: str = "none", residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,16 +128,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     without the extension, or when gradients are required.
     """
     _check_args(x, weight, bias, norm, norm_weight, norm_bias, act, residual)
-    tensors = (x, weight, bias, norm_weight, norm_bias, residual)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if backend_for(weight.device) == "reference" or needs_grad:
-        return fused_linear_reference(x, weight, bias, norm=norm, norm_weight=norm_weight, norm_bias=norm_bias,
-                                      eps=eps, act=act, residual=residual)
-    K = weight.shape[1]
-    rows = x.reshape(-1, K).contiguous()
-    res = None if residual is None else residual.reshape(rows.shape[0], -1).contiguous()
-    out = torch.ops.pygpt.fused_linear(rows, weight, bias, norm_weight, norm_bias, NORMS[norm], eps, ACTS[act], res)
-    return out.view(*x.shape[:-1], out.shape[-1])
+    return _run(x, residual, *_bind(weight, bias, norm, norm_weight, norm_bias, eps, act))
 
 
 class FusedLinear:
@@ -135,23 +146,14 @@ class FusedLinear:
                  act: str = "none"):
         _check_args(weight.new_empty(0, weight.shape[-1] if weight.dim() == 2 else 0), weight, bias, norm,
                     norm_weight, norm_bias, act, None)
-        self.weight = weight
         self.in_features = weight.shape[1]
-        self._kwargs = dict(norm=norm, norm_weight=norm_weight, norm_bias=norm_bias, eps=eps, act=act)
-        self._op_args = (weight, bias, norm_weight, norm_bias, NORMS[norm], float(eps), ACTS[act])
+        self._op_args, self._ref_kwargs = _bind(weight, bias, norm, norm_weight, norm_bias, eps, act)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., K) -> (..., N); residual (..., N) or None."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"pygpt.{OP}: x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
-        weight = self.weight
-        if backend_for(weight.device) == "reference" or (torch.is_grad_enabled() and (x.requires_grad or
-                                                                              weight.requires_grad)):
-            return fused_linear_reference(x, weight, self._op_args[1], residual=residual, **self._kwargs)
-        rows = x.reshape(-1, self.in_features).contiguous()
-        res = None if residual is None else residual.reshape(rows.shape[0], -1).contiguous()
-        out = torch.ops.pygpt.fused_linear(rows, *self._op_args, res)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return _run(x, residual, self._op_args, self._ref_kwargs)
 
 
 def _fused_linear_fake(x, weight, bias, norm_weight, norm_bias, norm, eps, act, residual) -> torch.Tensor:

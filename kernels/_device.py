@@ -1,0 +1,21 @@
+"""What the launchers size their grids by: the GPU's multiprocessor count."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+HOPPER_SMS = 132  # an H100's (an H200 has as many): what pygpt.triton_aot sizes launches for
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; HOPPER_SMS for any other (pygpt.triton_aot compiles from CPU tensors)."""
+    if device.type != "cuda":
+        return HOPPER_SMS
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
