@@ -57,6 +57,23 @@ def test_generate_streams_and_is_seeded(trained, capsys):
     assert capsys.readouterr().out != first
 
 
+def test_generate_num_samples_and_min_p(trained, capsys):
+    from pygpt.commands.generate import SEPARATOR
+
+    args = ["generate", "--checkpoint", str(trained), "--prompt", "the ", "--length", "30", "--seed", "1"]
+    assert main([*args, "--num-samples", "3"]) == 0
+    samples = capsys.readouterr().out[:-1].split(SEPARATOR)
+    assert len(samples) == 3 and all(s.startswith("the ") and len(s) == len("the ") + 30 for s in samples)
+    assert len(set(samples)) == 3  # every row of the batch draws its own numbers
+    # min-p near 1 keeps only the most likely character: the same text as greedy decoding
+    assert main([*args, "--min-p", "0.9999", "--temperature", "1"]) == 0
+    nucleus = capsys.readouterr().out
+    assert main([*args, "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == nucleus
+    with pytest.raises(SystemExit, match="--num-samples must be >= 1"):
+        main([*args, "--num-samples", "0"])
+
+
 def test_generate_rejects_unknown_characters(trained):
     with pytest.raises(SystemExit, match="character 'Z'.*not in the vocabulary"):
         main(["generate", "--checkpoint", str(trained), "--prompt", "the Z"])
@@ -82,6 +99,17 @@ def test_console_script_and_info():
     assert exe, "the pygpt console script is not installed"
     out = subprocess.run([exe, "info"], capture_output=True, text=True, check=True).stdout
     assert "pygpt._C   loaded" in out and "backend    cpu: cpp" in out
+
+
+def test_generate_into_a_closed_pipe_stops_quietly():
+    """`pygpt generate | head -c 20`: the reader leaves early; no traceback, the shell's SIGPIPE status."""
+    exe = shutil.which("pygpt")
+    proc = subprocess.Popen([exe, "generate", "--length", "100000", "--seed", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(20)) == 20
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
 
 
 def test_bundled_model_generates(capsys):

@@ -105,6 +105,17 @@ def test_text_streaming_stop_and_seed():
     assert [len(t) for t in batch] == [10, 10]
 
 
+def test_min_p_reaches_the_sampler():
+    """min_p near 1 keeps only the most likely token: sampling at temperature 1 is then greedy decoding."""
+    tok = CharTokenizer("abcdefghijklmnopqrs\n")
+    engine = Engine(_model(), tok)
+    greedy = engine.generate(["abc", "de"], 30, temperature=0.0)
+    assert engine.generate(["abc", "de"], 30, temperature=1.0, seed=2, min_p=0.9999) == greedy
+    assert engine.generate(["abc", "de"], 30, temperature=1.0, seed=2) != greedy
+    with pytest.raises(ValueError, match="min_p"):
+        list(engine.stream("a", 5, min_p=1.5))
+
+
 def test_bad_inputs():
     tok = CharTokenizer("abc\n")
     engine = Engine(_model(vocab_size=4), tok)

@@ -1,11 +1,14 @@
 """`pygpt generate`: sample text from a checkpoint (default: the bundled model), streamed to stdout as it is
-produced. Temperature, top-k and top-p (nucleus) sampling; --seed makes it reproducible. Uses the KV-cache engine
+produced. Temperature, top-k, top-p (nucleus) and min-p sampling; --seed makes it reproducible; --num-samples N
+generates N continuations in one batch (printed one after another once they are done). Uses the KV-cache engine
 (CUDA-graphed decode step on GPU); --no-cache recomputes the whole context every token."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+SEPARATOR = "\n---------------\n"  # between samples, as nanoGPT's sample.py prints them
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    parser.add_argument("--min-p", type=float, default=0.0,
+                        help="drop tokens less likely than min-p times the most likely one (0: off)")
+    parser.add_argument("--num-samples", type=int, default=1,
+                        help="continuations to generate, as one batch (default: 1, streamed)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", default=None, help="stop once the generated text ends with this string")
     parser.add_argument("--device", default="auto")
@@ -31,16 +38,22 @@ def run(args: argparse.Namespace) -> int:
     from pygpt.train import load_checkpoint, resolve_device
 
     try:
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
         engine = Engine(ckpt.model, ckpt.tokenizer, use_cache=not args.no_cache, cuda_graph=not args.no_cuda_graph,
                         compile=args.compile)
-        stream = engine.stream(args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed,
-                               args.stop)
-        sys.stdout.write(args.prompt)
-        for piece in stream:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                        seed=args.seed, stop=args.stop)
+        if args.num_samples == 1:
+            sys.stdout.write(args.prompt)
+            for piece in engine.stream(args.prompt, args.length, **sampling):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        else:
+            texts = engine.generate([args.prompt] * args.num_samples, args.length, **sampling)
+            sys.stdout.write(SEPARATOR.join(args.prompt + text for text in texts))
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pygpt generate: {err}") from None
     sys.stdout.write("\n")

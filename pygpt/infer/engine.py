@@ -92,8 +92,9 @@ class Engine:
     # -- ids in, ids out -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                     top_p: float = 1.0, seed: int | None = None) -> Iterator[torch.Tensor]:
-        """Yield max_new_tokens batches of next ids (B,) after the prompts (lists of ids, lengths may differ)."""
+                     top_p: float = 1.0, seed: int | None = None, *, min_p: float = 0.0) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens batches of next ids (B,) after the prompts (lists of ids, lengths may differ).
+        Sampling as pygpt.ops.sample: temperature (0: greedy), top_k (0: off), top_p (1: off), min_p (0: off)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate: every prompt needs at least one token")
         if max_new_tokens <= 0:
@@ -109,7 +110,7 @@ class Engine:
         smallest = torch.zeros((), dtype=torch.int64, device=self.device) if self.device.type == "cuda" else None
 
         def pick(logits: torch.Tensor) -> torch.Tensor:
-            ids = ops.sample(logits, temperature, top_k, top_p, rng_state=rng_state)
+            ids = ops.sample(logits, temperature, top_k, top_p, min_p, rng_state=rng_state)
             if smallest is not None:
                 torch.minimum(smallest, ids.amin(), out=smallest)
             return ids
@@ -211,13 +212,15 @@ class Engine:
 
     # -- text in, text out ---------------------------------------------------------------------------------------
     def stream(self, prompt: str = "", max_new_tokens: int = 500, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None, stop: str | None = None) -> Iterator[str]:
+               top_p: float = 1.0, seed: int | None = None, stop: str | None = None, *,
+               min_p: float = 0.0) -> Iterator[str]:
         """Stream the characters generated after ``prompt`` (one sequence); stops early at ``stop``."""
-        for texts in self.stream_batch([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop):
+        for texts in self.stream_batch([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, min_p=min_p):
             yield texts[0]
 
     def stream_batch(self, prompts: list[str], max_new_tokens: int = 500, temperature: float = 1.0, top_k: int = 0,
-                     top_p: float = 1.0, seed: int | None = None, stop: str | None = None) -> Iterator[list[str]]:
+                     top_p: float = 1.0, seed: int | None = None, stop: str | None = None, *,
+                     min_p: float = 0.0) -> Iterator[list[str]]:
         """Yield, per step, the new character of every sequence ('' once a sequence has hit ``stop``)."""
         tok = self.tokenizer
         if tok is None:
@@ -226,7 +229,7 @@ class Engine:
         encoded = [tok.encode(p) if p else start for p in prompts]
         produced = ["" for _ in prompts]
         done = [False] * len(prompts)
-        for next_ids in self.generate_ids(encoded, max_new_tokens, temperature, top_k, top_p, seed):
+        for next_ids in self.generate_ids(encoded, max_new_tokens, temperature, top_k, top_p, seed, min_p=min_p):
             pieces = []
             for b, i in enumerate(_host_ids(next_ids)):
                 piece = "" if done[b] else tok.decode([i])
