@@ -90,6 +90,30 @@ def test_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope):
     assert torch.equal(cache[1], expected_cache[1])
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_bound_decode_attention_is_the_op(backend):
+    """DecodeAttention (the decode loop's unchecked call) == rope_decode_attention, outputs and cache; bad settings
+    and, on CPU, bad tensors still raise (from the C++ kernel)."""
+    ops.set_backend("reference" if backend == "reference" else "auto")
+    try:
+        for scale, base, rope in [(None, 10000.0, True), (0.3, 500.0, True), (None, 10000.0, False)]:
+            cache = random_cache(3, 2, 8, 16, torch.float32, seed=1)
+            q = torch.randn(3, 2, 4, 16)
+            k, v = torch.randn(2, 3, 2, 2, 16)
+            expected_cache = clone_all(*cache)
+            want = ops.rope_decode_attention(q, k, v, *expected_cache, scale=scale, base=base, rope=rope)
+            got = ops.DecodeAttention(16, scale=scale, base=base, rope=rope)(q, k, v, *cache)
+            assert torch.equal(got, want)
+            assert all(torch.equal(a, b) for a, b in zip(cache, expected_cache))
+    finally:
+        ops.set_backend("auto")
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        ops.DecodeAttention(15)
+    cache = random_cache(3, 2, 8, 16, torch.float32)
+    with pytest.raises(RuntimeError, match="rope_decode_attention"):
+        ops.DecodeAttention(16)(torch.randn(3, 1, 4, 16), torch.randn(3, 1, 3, 16), torch.randn(3, 1, 3, 16), *cache)
+
+
 def test_window_slides_past_capacity():
     """Appending one token at a time past C keeps exactly the last C positions visible."""
     B, H, C, D = 1, 2, 4, 8

@@ -43,11 +43,10 @@ class _FusedBlock:
     proj: ops.FusedLinear  # proj (+ the residual)
     up: ops.FusedLinear    # norm2 + up + GELU / SwiGLU
     down: ops.FusedLinear  # down (+ the residual)
+    attend: ops.DecodeAttention  # rotate, attend over the cache, append
     n_head: int
     n_kv_head: int
     head_dim: int
-    rope: bool
-    rope_base: float
 
     @classmethod
     def of(cls, block: nn.Module) -> _FusedBlock:
@@ -56,18 +55,16 @@ class _FusedBlock:
                    proj=ops.FusedLinear(attn.proj.weight, attn.proj.bias),
                    up=ops.FusedLinear(mlp.up.weight, mlp.up.bias, act=mlp.kind, **_norm_args(block.norm2)),
                    down=ops.FusedLinear(mlp.down.weight, mlp.down.bias),
-                   n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=attn.head_dim, rope=attn.rope,
-                   rope_base=attn.rope_base)
+                   attend=ops.DecodeAttention(attn.head_dim, base=attn.rope_base, rope=attn.rope),
+                   n_head=attn.n_head, n_kv_head=attn.n_kv_head, head_dim=attn.head_dim)
 
-    def __call__(self, x: torch.Tensor, cache) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C), attending over and appending to ``cache`` (a LayerCache)."""
-        B, T, _ = x.shape
+    def __call__(self, x: torch.Tensor, B: int, cache) -> torch.Tensor:
+        """x (B*T, C) rows of B sequences -> (B*T, C), attending over and appending to ``cache`` (a LayerCache).
+        (Rows, not (B, T, C): the fused ops take rows, and every reshape is a few microseconds on CPU.)"""
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        y = ops.rope_decode_attention(q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D), cache.k,
-                                      cache.v, cache.lengths, cache.starts, base=self.rope_base, rope=self.rope,
-                                      advance=cache.advance)
-        x = self.proj(y.reshape(B, T, H * D), residual=x)
+        y = self.attend(q.view(B, -1, H, D), k.view(B, -1, Hkv, D), v.view(B, -1, Hkv, D), *cache)
+        x = self.proj(y.view(x.shape[0], H * D), residual=x)
         return self.down(self.up(x), residual=x)
 
 
@@ -84,7 +81,8 @@ class FusedDecoder:
 
     def __call__(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         positions = None if self.model.config.pos == "rope" else cache.positions(idx.shape[1])
-        x = self.model.embed(idx, positions)  # (B, T, C)
+        B, T = idx.shape
+        x = self.model.embed(idx, positions).view(B * T, -1)  # (B*T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache.layer(i))
-        return self.head(x[:, -1])  # (B, V)
+            x = block(x, B, cache.layer(i))
+        return self.head(x.view(B, T, -1)[:, -1])  # (B, V)

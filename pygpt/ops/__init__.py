@@ -7,7 +7,7 @@ matches the running torch; otherwise every op runs its reference.
 
 from ._library import backend_for, extension, extension_status, set_backend, triton_available
 from .attention import rope_attention, rope_attention_reference
-from .kv_cache import kv_append, kv_evict, rope_decode_attention
+from .kv_cache import DecodeAttention, kv_append, kv_evict, rope_decode_attention
 from .linear import FusedLinear, fused_linear, fused_linear_reference
 from .sampling import check_sample_errors, make_rng_state, sample, sample_reference
 from .rotary import rope_angles, rope_inv_freq, rotary, rotary_reference
@@ -16,5 +16,5 @@ __all__ = [
     "backend_for", "extension", "extension_status", "set_backend", "triton_available",
     "rotary", "rotary_reference", "rope_attention", "rope_attention_reference", "rope_angles", "rope_inv_freq",
     "sample", "sample_reference", "make_rng_state", "check_sample_errors", "kv_append", "kv_evict",
-    "rope_decode_attention", "fused_linear", "fused_linear_reference", "FusedLinear",
+    "rope_decode_attention", "DecodeAttention", "fused_linear", "fused_linear_reference", "FusedLinear",
 ]

@@ -107,13 +107,15 @@ def _run(x: torch.Tensor, residual: torch.Tensor | None, op_args: tuple, ref_kwa
     """A checked call: the reference when forced, without the extension or when gradients are required, else the
     compiled op on x's rows (M, K)."""
     weight, bias = op_args[0], op_args[1]
-    tensors = (x, residual, *op_args[:4])
     if backend_for(weight.device) == "reference" or (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *op_args[:4]))):
         return fused_linear_reference(x, weight, bias, residual=residual, **ref_kwargs)
+    if x.dim() == 2 and (residual is None or residual.dim() == 2):  # already rows: a decode loop's common case
+        return torch.ops.pygpt.fused_linear.default(x.contiguous(), *op_args,
+                                                    None if residual is None else residual.contiguous())
     rows = x.reshape(-1, weight.shape[1]).contiguous()
     res = None if residual is None else residual.reshape(rows.shape[0], -1).contiguous()
-    out = torch.ops.pygpt.fused_linear(rows, *op_args, res)
+    out = torch.ops.pygpt.fused_linear.default(rows, *op_args, res)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
