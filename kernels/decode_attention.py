@@ -227,6 +227,9 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """q (B, Tn, H, D), k, v (B, Tn, Hkv, D) -> out (B, Tn, H, D); appends to the cache. inv_freq (D/2,) fp32.
     splits: of the cached keys (default: by the capacity and B * Hkv; tests set it to run both launch plans)."""
     B, Tn, H, D = q.shape
+    if D % 2:  # the kernels hold q and k as two halves (RoPE's pairs), with or without the rotation
+        raise ValueError(f"pygpt.rope_decode_attention: the Triton kernel needs an even head_dim, got {D} "
+                         "(pygpt.ops.rope_decode_attention runs the reference for it)")
     Hkv, C = k_cache.shape[1], k_cache.shape[2]
     groups = H // Hkv
     out = torch.empty_like(q)

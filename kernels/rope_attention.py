@@ -286,6 +286,9 @@ def _config(kernel: str, D: int, dtype: torch.dtype) -> Config:
 
 def _common(q: torch.Tensor, cos: torch.Tensor | None):
     B, T, H, D = q.shape
+    if D % 2:  # the kernels hold q and k as two halves (RoPE's pairs), with or without the rotation
+        raise ValueError(f"pygpt.rope_attention: the Triton kernels need an even head_dim, got {D} "
+                         "(pygpt.ops.rope_attention runs the reference for it)")
     half = D // 2
     block_half = max(16, triton.next_power_of_2(half))  # tl.dot needs >= 16
     block_d = 2 * block_half if 2 * half == D else max(16, triton.next_power_of_2(D))

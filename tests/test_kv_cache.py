@@ -71,6 +71,7 @@ def test_eviction_is_bookkeeping_only():
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [
     (3, 4, 2, 8, 16, 1, True), (2, 6, 3, 5, 40, 3, True), (4, 8, 1, 16, 8, 1, False), (2, 2, 2, 7, 32, 7, True),
+    (2, 4, 2, 9, 7, 2, False), (1, 2, 1, 6, 33, 1, False),  # odd head_dim without RoPE
 ])
 def test_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope):
     cache = random_cache(B, Hkv, C, D, dtype)
@@ -232,6 +233,29 @@ def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, split
     assert_close(cache[0], expected_cache[0].double(), dtype)
     assert torch.equal(cache[1], expected_cache[1])
     assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
+
+
+def test_triton_decode_rejects_odd_head_dim(needs_triton):
+    """The Triton kernel holds q and k as two halves: an odd head_dim is an error there (ops.rope_decode_attention
+    runs the reference for it on CUDA), never a wrong answer."""
+    from pygpt.kernels.decode_attention import rope_decode_attention_triton
+
+    cache = [t.to(DEVICE) for t in random_cache(2, 1, 8, 7, torch.float32)]
+    q, k, v = torch.randn(3, 2, 1, 1, 7, device=DEVICE)
+    with pytest.raises(ValueError, match="even head_dim, got 7"):
+        rope_decode_attention_triton(q, k, v, *cache, 7 ** -0.5, torch.ones(3, device=DEVICE), False)
+
+
+@pytest.mark.gpu
+def test_gpu_decode_odd_head_dim_runs_the_reference():
+    cache = [t.cuda() for t in random_cache(3, 2, 16, 33, torch.float32)]
+    q = torch.randn(3, 2, 4, 33, device="cuda")
+    k, v = torch.randn(2, 3, 2, 2, 33, device="cuda")
+    expected_cache = clone_all(*cache)
+    want = rope_decode_attention_reference(q.double(), k.double(), v.double(), *[
+        t.double() if t.is_floating_point() else t for t in expected_cache], rope=False)
+    assert_close(ops.rope_decode_attention(q, k, v, *cache, rope=False), want, torch.float32)
+    assert torch.equal(cache[1], expected_cache[1]) and torch.equal(cache[2], expected_cache[2])
 
 
 @pytest.mark.gpu

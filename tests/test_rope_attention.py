@@ -10,7 +10,7 @@ import torch
 import pygpt.ops as ops
 from pygpt.ops.attention import rope_attention_reference
 
-SHAPES = [  # (B, T, H, Hkv, D): T = 1, odd T, T past the 256-key tile, GQA 1..8, odd head dims
+SHAPES = [  # (B, T, H, Hkv, D): T = 1, odd T, T past the 256-key tile, GQA 1..8, non-power-of-2 head dims
     (1, 1, 1, 1, 2),
     (2, 7, 4, 2, 40),
     (3, 65, 6, 3, 80),
@@ -83,6 +83,14 @@ def test_cpu_kernel_position_layouts_and_full_attention(positions):
     q, k, v, pos = _inputs(2, 41, 4, 2, 40, torch.float32, positions=positions)
     _compare(q, k, v, pos, torch.float32, causal=True)
     _compare(q, k, v, pos, torch.float32, causal=False)
+
+
+@pytest.mark.parametrize("D", [7, 33])
+@pytest.mark.parametrize("causal", [True, False])
+def test_odd_head_dim_without_rope(D, causal):
+    """Without RoPE any head_dim works: the C++ kernel here; on CUDA the op runs the reference for it (below)."""
+    q, k, v, _ = _inputs(2, 19, 4, 2, D, torch.float32, positions=None)
+    _compare(q, k, v, None, torch.float32, causal=causal)
 
 
 def test_float64_is_exact():
@@ -172,6 +180,24 @@ def _triton_compare(shape, dtype, positions, causal, device):
 def test_triton_kernel_matches_reference(shape, positions, causal, needs_triton):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _triton_compare(shape, torch.float32, positions, causal, device)
+
+
+def test_triton_rejects_odd_head_dim(needs_triton):
+    """The Triton kernels hold q and k as RoPE's two halves: an odd head_dim is an error there, never a silent
+    wrong answer (ops.rope_attention sends it to the reference on CUDA)."""
+    from pygpt.kernels.rope_attention import rope_attention_bwd_triton, rope_attention_fwd_triton
+
+    q, k, v, _ = _inputs(1, 5, 2, 1, 7, torch.float32, positions=None)
+    with pytest.raises(ValueError, match="even head_dim, got 7"):
+        rope_attention_fwd_triton(q, k, v, None, None, 7 ** -0.5, True)
+    with pytest.raises(ValueError, match="even head_dim, got 7"):
+        rope_attention_bwd_triton(q.clone(), q, k, v, None, None, q.clone(), torch.zeros(1, 2, 5), 0.4, True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_odd_head_dim_runs_the_reference(dtype):
+    _compare(*_inputs(2, 19, 4, 2, 33, dtype, positions=None, device="cuda"), dtype)
 
 
 @pytest.mark.gpu

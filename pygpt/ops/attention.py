@@ -8,7 +8,8 @@ of each input must be contiguous; other strides are free (q, k, v may be views o
 
 Backends: the C++ kernel on CPU (csrc/cpu/rope_attention.cpp) and the Triton kernel on CUDA
 (kernels/rope_attention.py), forward and backward; the reference below (rotate-half RoPE in Torch, then
-scaled_dot_product_attention) when forced, for float64 on CUDA, and on other devices.
+scaled_dot_product_attention) when forced, on other devices, and on CUDA for float64 or an odd head_dim (the
+Triton kernels hold q and k as RoPE's two halves).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     """Causal attention with RoPE at ``positions`` (None: no rotation); differentiable. Returns (B, T, H, D)."""
     check_attention_args(q, k, v, positions)
     backend = backend_for(q.device)
-    if backend == "reference" or (backend != "cpp" and q.dtype == torch.float64):
+    if backend == "reference" or (backend != "cpp" and (q.dtype == torch.float64 or q.shape[-1] % 2)):
         return rope_attention_reference(q, k, v, positions, causal, scale, base)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return torch.ops.pygpt.rope_attention(q, k, v, positions, scale, base, causal)[0]

@@ -153,9 +153,10 @@ def rope_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_c
 
 def _decode(q, k, v, k_cache, v_cache, lengths, starts, scale: float, base: float, rope: bool,
             advance: bool) -> torch.Tensor:
-    """A checked (or vouched-for) decode call: the reference when forced (and for float64 off the CPU, which the
-    GPU kernels don't take), else the compiled op."""
-    if backend_for(q.device) == "reference" or (q.device.type != "cpu" and q.dtype == torch.float64):
+    """A checked (or vouched-for) decode call: the reference when forced (and off the CPU for float64 or an odd
+    head_dim, which the GPU kernel doesn't take), else the compiled op."""
+    gpu_unsupported = q.device.type != "cpu" and (q.dtype == torch.float64 or q.shape[-1] % 2)
+    if backend_for(q.device) == "reference" or gpu_unsupported:
         return rope_decode_attention_reference(q, k, v, k_cache, v_cache, lengths, starts, scale, base, rope,
                                                advance)
     return torch.ops.pygpt.rope_decode_attention.default(q, k, v, k_cache, v_cache, lengths, starts, scale, base,
