@@ -181,10 +181,11 @@ def sample_reference(logits: torch.Tensor, temperature: Param = 1.0, top_k: Para
     probs = torch.softmax(z, dim=-1)
     use_p = p < 1.0
     if bool(use_p.any()):
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Drop a token when the tokens before it already reach top_p (the first token always stays).
-        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs >= p[:, None]) & use_p[:, None]
-        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+        sorted_probs = probs.sort(dim=-1, descending=True).values
+        # Keep the shortest prefix (by decreasing p) whose mass reaches top_p, and every token tied with its last
+        # one (as top-k keeps ties): drop the tokens less likely than that last one.
+        last = (sorted_probs.cumsum(dim=-1) < p[:, None]).sum(dim=-1, keepdim=True).clamp(max=V - 1)
+        probs = probs.masked_fill(use_p[:, None] & (probs < sorted_probs.gather(1, last)), 0.0)
     if bool((mp > 0).any()):
         probs = probs.masked_fill(probs < mp[:, None] * probs.amax(dim=-1, keepdim=True), 0.0)
     sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
