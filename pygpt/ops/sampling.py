@@ -3,8 +3,8 @@
 Semantics (every backend), per row of logits (B, V):
   * temperature 0 or top_k 1: greedy, the argmax (ties to the lowest id);
   * otherwise p ~ softmax(logits / temperature), truncated in this order: top-k (top_k 0 or >= V: off; tokens
-    tied with the k-th value stay), top-p (the shortest run of most likely tokens whose mass reaches top_p;
-    1: off), min-p (drop p < min_p * max p; 0: off), renormalised and sampled;
+    tied with the k-th value stay), top-p (the shortest run of most likely tokens whose mass reaches top_p, and
+    the tokens tied with its last; 1: off), min-p (drop p < min_p * max p; 0: off), renormalised and sampled;
   * -inf logits are never sampled; a row holding +inf samples uniformly among its +inf entries; NaN logits and
     rows of all -inf are errors.
 
