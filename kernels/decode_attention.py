@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._dot import dot as _dot
 from .kv_cache import advance_counters_triton
 
 LOG2E = 1.4426950408889634
@@ -39,16 +40,6 @@ def _rotate(x1, x2, pos, INV_FREQ, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
         s = tl.sin(angle)
         return x1 * c - x2 * s, x2 * c + x1 * s
     return x1, x2
-
-
-@triton.jit
-def _dot(a, b, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
-    """a @ b in fp32. DOT_F32 widens the operands first (exactly): Triton's CPU interpreter multiplies the bit
-    patterns of bf16 operands, so the tests of a bf16 cache need it; compiled kernels never set it."""
-    if DOT_F32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
