@@ -66,7 +66,7 @@ def test_cpp_matches_reference(shape, dtype, norm, act):
     _check(ops.fused_linear(x, weight, bias, **kw), x, weight, bias, kw)
 
 
-@pytest.mark.parametrize("shape", SHAPES[:3])
+@pytest.mark.parametrize("shape", SHAPES)  # (5, 17, 1): an odd K that is no multiple of BLOCK_K, and N = 1
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm,act", COMBOS)
 def test_triton_matches_reference(shape, dtype, norm, act, needs_triton):
@@ -135,14 +135,40 @@ def test_torch_compile_fullgraph():
     x, weight, bias, kw = _inputs(2, 32, 16, torch.float32, "rmsnorm", "gelu")
     compiled = torch.compile(lambda a: ops.fused_linear(a, weight, bias, **kw) * 2.0, fullgraph=True,
                              backend="eager")
-    torch.testing.assert_close(compiled(x), 2.0 * ops.fused_linear(x, weight, bias, **kw))
+    out = compiled(x)
+    _check(out / 2.0, x, weight, bias, kw)  # against the references (halving is exact)
 
 
-def test_nan_input_propagates():
-    x, weight, bias, kw = _inputs(2, 16, 8, torch.float32, "layernorm", "none", residual=False)
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
+def test_nan_input_propagates(impl, request):
+    """A NaN in a row's input poisons that row's norm and every output of it (never silently dropped), and no
+    other row."""
+    device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+    x, weight, bias, kw = _inputs(2, 16, 8, torch.float32, "layernorm", "none", residual=False, device=device)
     x[1, 3] = float("nan")
-    out = ops.fused_linear(x, weight, bias, **kw)
+    if impl == "triton":
+        request.getfixturevalue("needs_triton")
+        from pygpt.kernels.fused_linear import fused_linear_triton
+
+        out = fused_linear_triton(x, weight, bias, kw["norm_weight"], kw["norm_bias"], NORMS["layernorm"], 1e-5,
+                                  ACTS["none"], None)
+    else:
+        out = ops.fused_linear(x, weight, bias, **kw)
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()
+
+
+def test_fused_linear_on_cuda_routing_on_cpu_tensors(needs_triton):
+    """_fused_linear_on_cuda (the op's CUDA kernel: plain Python around the Triton launcher) called directly on CPU
+    tensors under the interpreter: its argument order (norm_weight / norm_bias, norm / act codes, eps, residual)
+    against the reference, with a non-default eps so that a dropped eps shows."""
+    from pygpt.ops.linear import _fused_linear_on_cuda
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, weight, bias, kw = _inputs(3, 24, 10, torch.float32, "layernorm", "swiglu", device=device)
+    kw["eps"] = 0.5
+    out = _fused_linear_on_cuda(x, weight, bias, kw["norm_weight"], kw["norm_bias"], NORMS["layernorm"], kw["eps"],
+                                ACTS["swiglu"], kw["residual"])
+    _check(out, x, weight, bias, kw)
 
 
 # (change to a good call, the error's text, whether FusedLinear's construction checks it too)

@@ -11,6 +11,16 @@ from pygpt.testing import assert_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
+# Decode tolerance (FlashAttention's rule, as in test_rope_attention.py): the kernel's max error against the float64
+# reference may be at most 3x the error of the Torch reference run in the same low precision, plus a small
+# per-dtype floor (about one rounding of the output, whose entries reach ~2 here).
+DECODE_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# Triton's CPU interpreter casts float32 to bfloat16 by truncation (a GPU rounds to nearest even): the kernel's
+# bf16 roundings of q * scale and of the probabilities are biased there, worth up to about one more bf16 unit.
+INTERPRETED_BF16_EXTRA = 8e-3
+INTERPRETING = not torch.cuda.is_available()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run (interpreted on CPU)
+
 
 def random_cache(B, Hkv, C, D, dtype, device="cpu", seed=0):
     """A cache in a random reachable state: some sequences empty, some wrapped around several times."""
@@ -26,6 +36,54 @@ def random_cache(B, Hkv, C, D, dtype, device="cpu", seed=0):
 
 def clone_all(*tensors):
     return [t.clone() for t in tensors]
+
+
+def exact_copy(*cache):
+    """The cache in float64 for the exact reference: always copies (``.double()`` of a float64 tensor would not)."""
+    return [t.double().clone() if t.is_floating_point() else t.clone() for t in cache]
+
+
+def check_decode(got, lowp, exact, dtype, what="out", extra=0.0):
+    """got (a kernel) against exact (float64 reference) with the 3x-the-low-precision-reference rule."""
+    assert got.shape == exact.shape and got.dtype == dtype, (got.shape, got.dtype)
+    assert torch.isfinite(got).all(), f"{what}: NaN/inf"
+    assert torch.isfinite(exact).all() and torch.isfinite(lowp).all(), f"{what}: NaN/inf in the reference"
+    exact = exact.double().cpu()
+    err = (got.double().cpu() - exact).abs().max().item()
+    ref_err = (lowp.double().cpu() - exact).abs().max().item()
+    assert err <= 3 * ref_err + DECODE_FLOOR[dtype] + extra, f"{what}: error {err:.3g} vs torch's own {ref_err:.3g}"
+
+
+def triton_decode(q, k, v, *cache, scale=None, base=10000.0, rope=True, splits=None, advance=True):
+    """The Triton launcher with ops.rope_decode_attention's defaults (scale D^-0.5, inv_freq from base)."""
+    from pygpt.kernels.decode_attention import rope_decode_attention_triton
+    from pygpt.ops.rotary import rope_inv_freq
+
+    D = q.shape[-1]
+    return rope_decode_attention_triton(q, k, v, *cache, D ** -0.5 if scale is None else scale,
+                                        rope_inv_freq(D, base, device=q.device), rope, splits=splits,
+                                        advance=advance)
+
+
+def decode_impl(impl, request):
+    """decode(q, k, v, *cache, scale=, base=) of one backend that runs here (Triton: on DEVICE's tensors)."""
+    if impl.startswith("triton"):
+        request.getfixturevalue("needs_triton")
+        splits = 3 if impl == "triton-split" else None
+        return lambda *a, **kw: triton_decode(*a, splits=splits, **kw)
+    return ops.rope_decode_attention if impl == "cpp" else rope_decode_attention_reference
+
+
+def impl_device(impl):
+    return DEVICE if impl.startswith("triton") else "cpu"
+
+
+def evict_impl(impl):
+    if impl.startswith("triton"):
+        from pygpt.kernels.kv_cache import kv_evict_triton
+
+        return kv_evict_triton
+    return ops.kv_evict if impl == "cpp" else kv_evict_reference
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
@@ -61,30 +119,61 @@ def test_kv_evict_matches_reference():
     assert int(lengths[4]) == 0 and int(starts[4]) == 0  # freed for reuse
 
 
-def test_eviction_is_bookkeeping_only():
-    cache = random_cache(2, 1, 4, 8, torch.float32)
-    before = cache[0].clone()
-    ops.kv_evict(cache[2], cache[3], torch.tensor([1, 1], dtype=torch.int32))
-    assert torch.equal(cache[0], before)
+@pytest.mark.parametrize("impl", ["cpp", "reference", "triton"])
+def test_evict_then_decode_sees_only_the_window(impl, request):
+    """kv_evict moves the counters and leaves the cache tensors alone; the next decode step then attends to the
+    window left, exactly as on a cache to which the evicted tokens were never appended."""
+    decode, evict = decode_impl(impl, request), evict_impl(impl)
+    B, H, Hkv, C, D, T = 2, 4, 2, 8, 16, 8
+    first = torch.tensor([0, 3], dtype=torch.int32)  # sequence 1 wraps around
+    drop = torch.tensor([3, 5], dtype=torch.int32)
+    keys, values = torch.randn(2, B, T, Hkv, D)
+    rotated = ops.rotary_reference(keys, first.long()[:, None] + torch.arange(T))
+
+    def cache_from(skip):  # a zero cache holding sequence b's tokens skip[b]: (positions first[b] + skip[b] on)
+        k_cache, v_cache = torch.zeros(2, B, Hkv, C, D)
+        lengths, starts = first + skip, first + skip
+        for b in range(B):
+            n = int(skip[b])
+            kv_append_reference(k_cache[b:b + 1], v_cache[b:b + 1], lengths[b:b + 1], starts[b:b + 1],
+                                rotated[b:b + 1, n:], values[b:b + 1, n:])
+        return [k_cache, v_cache, lengths, starts]
+
+    dev = impl_device(impl)
+    evicted = [t.to(dev) for t in cache_from(torch.zeros(B, dtype=torch.int32))]
+    kept = clone_all(*evicted)
+    tensors = clone_all(*evicted[:2])
+    evict(evicted[2], evicted[3], drop.to(dev))
+    assert torch.equal(evicted[0], tensors[0]) and torch.equal(evicted[1], tensors[1])  # bookkeeping only
+    fresh = [t.to(dev) for t in cache_from(drop)]
+    assert torch.equal(evicted[2], fresh[2]) and torch.equal(evicted[3], fresh[3])
+
+    q = torch.randn(B, 2, H, D, device=dev)
+    k, v = torch.randn(2, B, 2, Hkv, D, device=dev)
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*fresh))
+    lowp = rope_decode_attention_reference(q, k, v, *clone_all(*fresh))
+    got = decode(q, k, v, *evicted)
+    check_decode(got, lowp, exact, torch.float32)
+    assert torch.equal(got, decode(q, k, v, *fresh))  # the evicted tokens are not read at all
+    assert not torch.allclose(got, decode(q, k, v, *kept), atol=1e-3)  # and eviction did change the window
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope", [
-    (3, 4, 2, 8, 16, 1, True), (2, 6, 3, 5, 40, 3, True), (4, 8, 1, 16, 8, 1, False), (2, 2, 2, 7, 32, 7, True),
-    (2, 4, 2, 9, 7, 2, False), (1, 2, 1, 6, 33, 1, False),  # odd head_dim without RoPE
+@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope, scale, base", [
+    (3, 4, 2, 8, 16, 1, True, None, 10000.0), (2, 6, 3, 5, 40, 3, True, 0.37, 500.0),
+    (4, 8, 1, 16, 8, 1, False, None, 10000.0), (2, 2, 2, 7, 32, 7, True, 0.37, 500.0),
+    (2, 4, 2, 9, 7, 2, False, 0.37, 10000.0), (1, 2, 1, 6, 33, 1, False, None, 10000.0),  # odd head_dim, no RoPE
 ])
-def test_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope):
+def test_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, scale, base):
     cache = random_cache(B, Hkv, C, D, dtype)
     q = torch.randn(B, Tn, H, D).to(dtype)
     k, v = torch.randn(2, B, Tn, Hkv, D).to(dtype)
     expected_cache = clone_all(*cache)
-    want = rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
-    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(),
-                                            *[t.double() if t.is_floating_point() else t.clone()
-                                              for t in clone_all(*cache)], rope=rope)
-    got = ops.rope_decode_attention(q, k, v, *cache, rope=rope)
-    assert_close(got, exact, dtype, tol={dtype: {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5),
-                                                 torch.float16: (3e-3, 3e-3), torch.bfloat16: (3e-2, 3e-2)}[dtype]})
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*cache),
+                                            scale=scale, base=base, rope=rope)
+    lowp = rope_decode_attention_reference(q, k, v, *expected_cache, scale=scale, base=base, rope=rope)
+    got = ops.rope_decode_attention(q, k, v, *cache, scale=scale, base=base, rope=rope)
+    check_decode(got, lowp, exact, dtype)
     assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
     # Rotated keys: cos/sin may differ by an ulp between libm and torch; values are copied exactly.
     assert_close(cache[0], expected_cache[0].double(), dtype)
@@ -169,12 +258,14 @@ def test_decode_without_advance_leaves_the_counters(impl, request):
         from pygpt.ops.rotary import rope_inv_freq
 
         def decode(*args, advance):
-            return rope_decode_attention_triton(*args, 8 ** -0.5, rope_inv_freq(8), True, advance=advance)
+            return rope_decode_attention_triton(*args, 8 ** -0.5, rope_inv_freq(8, device=DEVICE), True,
+                                                advance=advance)
     else:
         decode = ops.rope_decode_attention if impl == "cpp" else rope_decode_attention_reference
-    q = torch.randn(3, 2, 4, 8)
-    k, v = torch.randn(2, 3, 2, 2, 8)
-    held, moved = random_cache(3, 2, 8, 8, torch.float32), random_cache(3, 2, 8, 8, torch.float32)
+    dev = impl_device(impl)  # the Triton kernel needs CUDA tensors where it is compiled
+    q = torch.randn(3, 2, 4, 8, device=dev)
+    k, v = torch.randn(2, 3, 2, 2, 8, device=dev)
+    held, moved = (random_cache(3, 2, 8, 8, torch.float32, device=dev) for _ in range(2))
     counters = clone_all(*held[2:])
     out_held = decode(q, k, v, *held, advance=False)
     out_moved = decode(q, k, v, *moved, advance=True)
@@ -185,8 +276,6 @@ def test_decode_without_advance_leaves_the_counters(impl, request):
 
 
 # ---- Triton kernels: through the CPU interpreter here, compiled on a GPU -----------------------------------
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("B, Hkv, C, D, Tn", [(3, 2, 8, 16, 1), (2, 1, 5, 40, 5)])
@@ -205,34 +294,101 @@ def test_triton_append_and_evict(B, Hkv, C, D, Tn, needs_triton):
     assert torch.equal(cache[2], expected[2]) and torch.equal(cache[3], expected[3])
 
 
-DECODE_TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (3e-2, 3e-2)}
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope, splits", [
-    (3, 4, 2, 8, 16, 1, True, None), (2, 2, 1, 20, 40, 3, True, None), (2, 2, 2, 6, 8, 1, False, None),
-    (3, 8, 2, 70, 24, 2, True, None),  # one program per kv head (the default for short caches), GQA 4, wrapped
-    (3, 8, 2, 70, 24, 2, True, 5),  # 5 splits (16-key tiles here) and the merge launch
-    (2, 2, 1, 20, 40, 3, True, 2),
+@pytest.mark.parametrize("B, H, Hkv, C, D, Tn, rope, splits, scale, base", [
+    (3, 4, 2, 8, 16, 1, True, None, None, 10000.0), (2, 2, 1, 20, 40, 3, True, None, 0.37, 500.0),
+    (2, 2, 2, 6, 8, 1, False, None, 0.37, 10000.0),
+    (3, 8, 2, 70, 24, 2, True, None, None, 10000.0),  # one program per kv head (the default), GQA 4, wrapped
+    (3, 8, 2, 70, 24, 2, True, 5, 0.37, 500.0),  # 5 splits (16-key tiles here) and the merge launch
+    (2, 2, 1, 20, 40, 3, True, 2, None, 10000.0),
 ])
-def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, splits, needs_triton):
-    from pygpt.kernels.decode_attention import rope_decode_attention_triton
-    from pygpt.ops.rotary import rope_inv_freq
-
+def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, splits, scale, base, needs_triton):
     cache = [t.to(DEVICE) for t in random_cache(B, Hkv, C, D, dtype, seed=3)]
     q = torch.randn(B, Tn, H, D, device=DEVICE).to(dtype)
     k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE).to(dtype)
     expected_cache = clone_all(*cache)
-    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(),
-                                            *[t.double() if t.is_floating_point() else t.clone()
-                                              for t in expected_cache], rope=rope)
-    rope_decode_attention_reference(q, k, v, *expected_cache, rope=rope)
-    got = rope_decode_attention_triton(q, k, v, *cache, D ** -0.5, rope_inv_freq(D, device=DEVICE), rope,
-                                       splits=splits)
-    assert_close(got, exact, dtype, tol={dtype: DECODE_TOL[dtype]})
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*cache),
+                                            scale=scale, base=base, rope=rope)
+    lowp = rope_decode_attention_reference(q, k, v, *expected_cache, scale=scale, base=base, rope=rope)
+    got = triton_decode(q, k, v, *cache, scale=scale, base=base, rope=rope, splits=splits)
+    check_decode(got, lowp, exact, dtype,
+                 extra=INTERPRETED_BF16_EXTRA if INTERPRETING and dtype == torch.bfloat16 else 0.0)
     assert_close(cache[0], expected_cache[0].double(), dtype)
     assert torch.equal(cache[1], expected_cache[1])
     assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
+
+
+def _garbage_outside_the_window(cache):
+    """The cache with NaN in every slot outside [starts, lengths) (mod C): what an empty (torch.empty) or
+    evicted cache may hold."""
+    k_cache, v_cache, lengths, starts = clone_all(*cache)
+    C = k_cache.shape[2]
+    for b in range(k_cache.shape[0]):
+        valid = torch.zeros(C, dtype=torch.bool)
+        valid[torch.arange(int(starts[b]), int(lengths[b])) % C] = True
+        k_cache[b][:, ~valid] = float("nan")
+        v_cache[b][:, ~valid] = float("nan")
+    return [k_cache, v_cache, lengths, starts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["cpp", "reference", "triton", "triton-split"])
+def test_decode_ignores_garbage_outside_the_window(impl, dtype, request):
+    """Slots outside the valid window (never written, or evicted) may hold NaN: every backend must never read
+    them. Sequences: empty, partly evicted, wrapped and partly evicted, fully evicted; Tn = 3 (the new tokens
+    overwrite some garbage slots)."""
+    decode = decode_impl(impl, request)
+    B, H, Hkv, C, D, Tn = 4, 4, 2, 40, 16, 3
+    clean = random_cache(B, Hkv, C, D, dtype, seed=5)
+    clean[2].copy_(torch.tensor([0, 25, 100, 60]))
+    clean[3].copy_(torch.tensor([0, 10, 70, 60]))
+    dirty = _garbage_outside_the_window(clean)
+    assert torch.isnan(dirty[0]).any(dim=(1, 2, 3)).all()  # garbage in every sequence
+    dev = impl_device(impl)
+    clean, dirty = [t.to(dev) for t in clean], [t.to(dev) for t in dirty]
+    q = torch.randn(B, Tn, H, D, device=dev).to(dtype)
+    k, v = torch.randn(2, B, Tn, Hkv, D, device=dev).to(dtype)
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*clean))
+    lowp = rope_decode_attention_reference(q, k, v, *clone_all(*clean))
+    got = decode(q, k, v, *dirty)
+    extra = INTERPRETED_BF16_EXTRA if impl.startswith("triton") and INTERPRETING and dtype == torch.bfloat16 else 0.0
+    check_decode(got, lowp, exact, dtype, extra=extra)
+    assert torch.equal(got, decode(q, k, v, *clean))  # clean is now advanced like dirty
+    assert torch.equal(dirty[2], clean[2]) and torch.equal(dirty[3], clean[3])
+    clean, dirty = [t.cpu() for t in clean], [t.cpu() for t in dirty]
+    for b in range(B):  # the window after the step (old entries and the new tokens) is the clean run's
+        window = torch.arange(int(clean[3][b]), int(clean[2][b])) % C
+        assert torch.equal(dirty[0][b][:, window], clean[0][b][:, window])
+        assert torch.equal(dirty[1][b][:, window], clean[1][b][:, window])
+
+
+def test_cuda_routing_functions_on_cpu_tensors(needs_triton):
+    """_decode_on_cuda / _append_on_cuda / _evict_on_cuda (registered for CUDA tensors; plain Python around the
+    Triton launchers) called directly on CPU tensors under the interpreter: argument order, base -> inv_freq,
+    scale and advance, against the references."""
+    from pygpt.ops.kv_cache import _append_on_cuda, _decode_on_cuda, _evict_on_cuda
+
+    B, H, Hkv, C, D, Tn = 3, 4, 2, 8, 16, 2
+    cache = random_cache(B, Hkv, C, D, torch.float32, device=DEVICE, seed=2)
+    q = torch.randn(B, Tn, H, D, device=DEVICE)
+    k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE)
+    for advance in (True, False):
+        got_cache, expected_cache = clone_all(*cache), clone_all(*cache)
+        exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*cache),
+                                                scale=0.37, base=500.0, advance=advance)
+        lowp = rope_decode_attention_reference(q, k, v, *expected_cache, scale=0.37, base=500.0, advance=advance)
+        got = _decode_on_cuda(q, k, v, *got_cache, 0.37, 500.0, True, advance)
+        check_decode(got, lowp, exact, torch.float32)
+        assert_close(got_cache[0], expected_cache[0].double(), torch.float32)
+        assert all(torch.equal(a, b) for a, b in zip(got_cache[1:], expected_cache[1:]))
+    expected = clone_all(*cache)
+    kv_append_reference(*expected, k, v)
+    _append_on_cuda(*cache, k, v)
+    assert all(torch.equal(a, b) for a, b in zip(cache, expected))
+    counts = torch.tensor([2, -1, 1], dtype=torch.int32, device=DEVICE)
+    kv_evict_reference(expected[2], expected[3], counts)
+    _evict_on_cuda(cache[2], cache[3], counts)
+    assert torch.equal(cache[2], expected[2]) and torch.equal(cache[3], expected[3])
 
 
 def test_triton_decode_rejects_odd_head_dim(needs_triton):
@@ -252,23 +408,34 @@ def test_gpu_decode_odd_head_dim_runs_the_reference():
     q = torch.randn(3, 2, 4, 33, device="cuda")
     k, v = torch.randn(2, 3, 2, 2, 33, device="cuda")
     expected_cache = clone_all(*cache)
-    want = rope_decode_attention_reference(q.double(), k.double(), v.double(), *[
-        t.double() if t.is_floating_point() else t for t in expected_cache], rope=False)
-    assert_close(ops.rope_decode_attention(q, k, v, *cache, rope=False), want, torch.float32)
-    assert torch.equal(cache[1], expected_cache[1]) and torch.equal(cache[2], expected_cache[2])
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*cache), rope=False)
+    lowp = rope_decode_attention_reference(q, k, v, *expected_cache, rope=False)
+    check_decode(ops.rope_decode_attention(q, k, v, *cache, rope=False), lowp, exact, torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(cache, expected_cache))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_decode_op(dtype):
-    cache = [t.cuda() for t in random_cache(4, 2, 64, 64, dtype)]
-    q = torch.randn(4, 1, 8, 64, device="cuda").to(dtype)
-    k, v = torch.randn(2, 4, 1, 2, 64, device="cuda").to(dtype)
+@pytest.mark.parametrize("C, Tn, scale, base", [(64, 1, None, 10000.0), (1024, 3, 0.37, 500.0)])
+def test_gpu_decode_op(dtype, C, Tn, scale, base):
+    """ops.rope_decode_attention on CUDA (the Triton kernel by default): C = 64 takes the one-split launch plan,
+    C = 1024 (past ONE_SPLIT_MAX_KEYS) the splits + merge plan; the output, the cache and the counters."""
+    from pygpt.kernels.decode_attention import ONE_SPLIT_MAX_KEYS
+
+    assert (C > ONE_SPLIT_MAX_KEYS) == (C == 1024)
+    B, H, Hkv, D = 4, 8, 2, 64
+    cache = [t.cuda() for t in random_cache(B, Hkv, C, D, dtype)]
+    q = torch.randn(B, Tn, H, D, device="cuda").to(dtype)
+    k, v = torch.randn(2, B, Tn, Hkv, D, device="cuda").to(dtype)
     expected_cache = clone_all(*cache)
-    want = rope_decode_attention_reference(q.double(), k.double(), v.double(),
-                                           *[t.double() if t.is_floating_point() else t for t in expected_cache])
-    got = ops.rope_decode_attention(q, k, v, *cache)
-    assert_close(got, want, dtype, tol={dtype: DECODE_TOL[dtype]})
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*cache),
+                                            scale=scale, base=base)
+    lowp = rope_decode_attention_reference(q, k, v, *expected_cache, scale=scale, base=base)
+    got = ops.rope_decode_attention(q, k, v, *cache, scale=scale, base=base)
+    check_decode(got, lowp, exact, dtype)
+    assert_close(cache[0], expected_cache[0].double(), dtype)  # rotated keys: cos/sin may differ by an ulp
+    assert torch.equal(cache[1], expected_cache[1])
+    assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
 
 
 @pytest.mark.gpu

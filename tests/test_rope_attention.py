@@ -47,14 +47,14 @@ def _check(kernel_out, lowp_ref, exact, dtype, what):
     assert err <= 3 * ref_err + FLOOR[dtype], f"{what}: error {err:.3g} vs torch's own {ref_err:.3g}"
 
 
-def _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads):
+def _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads, scale=None, base=10000.0):
     """Check a kernel's out and (dq, dk, dv) for upstream gradient ``grad`` against the references."""
     ref_leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    ref = rope_attention_reference(*ref_leaves, pos, causal=causal)
+    ref = rope_attention_reference(*ref_leaves, pos, causal=causal, scale=scale, base=base)
     ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
 
     exact_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    exact = rope_attention_reference(*exact_leaves, pos, causal=causal)
+    exact = rope_attention_reference(*exact_leaves, pos, causal=causal, scale=scale, base=base)
     exact_grads = torch.autograd.grad(exact, exact_leaves, grad.double())
 
     _check(out, ref, exact, dtype, "out")
@@ -63,19 +63,24 @@ def _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads):
         _check(g, rg, eg, dtype, f"d{name}")
 
 
-def _compare(q, k, v, pos, dtype, causal=True):
+def _compare(q, k, v, pos, dtype, causal=True, scale=None, base=10000.0):
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    out = ops.rope_attention(*leaves, pos, causal=causal)
+    out = ops.rope_attention(*leaves, pos, causal=causal, scale=scale, base=base)
     grad = torch.randn_like(out)
     grads = torch.autograd.grad(out, leaves, grad)
-    _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads)
+    _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads, scale, base)
+
+
+# A non-default scale and RoPE base, for a share of the comparisons (a kernel that dropped either would differ).
+CUSTOM = {"scale": 0.37, "base": 500.0}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_cpu_kernel_matches_reference(shape, dtype):
     positions = ["per_batch", "shared", None][sum(shape) % 3]
-    _compare(*_inputs(*shape, dtype, positions=positions, fused=shape[0] % 2 == 0), dtype)
+    custom = CUSTOM if shape[1] % 2 else {}  # odd T: per-batch, shared and no positions
+    _compare(*_inputs(*shape, dtype, positions=positions, fused=shape[0] % 2 == 0), dtype, **custom)
 
 
 @pytest.mark.parametrize("positions", ["per_batch", "shared", None])
@@ -83,6 +88,7 @@ def test_cpu_kernel_position_layouts_and_full_attention(positions):
     q, k, v, pos = _inputs(2, 41, 4, 2, 40, torch.float32, positions=positions)
     _compare(q, k, v, pos, torch.float32, causal=True)
     _compare(q, k, v, pos, torch.float32, causal=False)
+    _compare(q, k, v, pos, torch.float32, causal=False, **CUSTOM)
 
 
 @pytest.mark.parametrize("D", [7, 33])
@@ -160,26 +166,54 @@ def test_cpp_op_rejects_bad_inputs_itself():
 # ---- Triton: through its CPU interpreter here (small shapes), compiled on a GPU ----------------------------
 
 TRITON_SHAPES = [(1, 1, 1, 1, 2), (2, 19, 4, 2, 40), (1, 33, 2, 1, 16), (2, 17, 8, 1, 24)]
+S0, S1, S2, S3 = TRITON_SHAPES
+# Every (positions layout, causal) pair twice, each shape three times (a product would double the runtime), a
+# non-default scale / base in one case of each pair that has positions (and the scale in one without).
+TRITON_CASES = [
+    (S0, "per_batch", True, {}), (S3, "per_batch", True, {}),
+    (S1, "per_batch", False, CUSTOM), (S2, "per_batch", False, {}),
+    (S1, "shared", True, {}), (S2, "shared", True, CUSTOM),
+    (S0, "shared", False, {}), (S3, "shared", False, CUSTOM),
+    (S2, None, True, {}), (S3, None, True, {"scale": 0.37}),
+    (S0, None, False, {}), (S1, None, False, {}),
+]
 
 
-def _triton_compare(shape, dtype, positions, causal, device):
+def _triton_compare(shape, dtype, positions, causal, device, scale=None, base=10000.0):
     from pygpt.kernels.rope_attention import rope_attention_bwd_triton, rope_attention_fwd_triton
     from pygpt.ops.rotary import rope_cos_sin
 
     q, k, v, pos = _inputs(*shape, dtype, positions=positions, fused=True, device=device)
     D = shape[-1]
-    cos, sin = rope_cos_sin(pos, D) if pos is not None else (None, None)
-    out, lse = rope_attention_fwd_triton(q, k, v, cos, sin, D ** -0.5, causal)
+    kernel_scale = D ** -0.5 if scale is None else scale
+    cos, sin = rope_cos_sin(pos, D, base) if pos is not None else (None, None)
+    out, lse = rope_attention_fwd_triton(q, k, v, cos, sin, kernel_scale, causal)
     grad = torch.randn_like(out)
-    grads = rope_attention_bwd_triton(grad, q, k, v, cos, sin, out, lse, D ** -0.5, causal)
-    _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads)
+    grads = rope_attention_bwd_triton(grad, q, k, v, cos, sin, out, lse, kernel_scale, causal)
+    _check_against_references(q, k, v, pos, dtype, causal, out, grad, grads, scale, base)
 
 
-@pytest.mark.parametrize("shape", TRITON_SHAPES)
-@pytest.mark.parametrize("positions, causal", [("per_batch", True), ("shared", False), (None, True)])
-def test_triton_kernel_matches_reference(shape, positions, causal, needs_triton):
+@pytest.mark.parametrize("shape, positions, causal, custom", TRITON_CASES, ids=[
+    f"{'x'.join(map(str, c[0]))}-{c[1]}-{'causal' if c[2] else 'full'}{'-custom' if c[3] else ''}" for c in TRITON_CASES])
+def test_triton_kernel_matches_reference(shape, positions, causal, custom, needs_triton):
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _triton_compare(shape, torch.float32, positions, causal, device)
+    _triton_compare(shape, torch.float32, positions, causal, device, **custom)
+
+
+def test_cuda_routing_functions_on_cpu_tensors(needs_triton):
+    """_forward_on_cuda / _backward_on_cuda (the ops' CUDA kernels: plain Python around the Triton launchers)
+    called directly on CPU tensors under the interpreter: argument order and the cos/sin tables built from base,
+    against the references; float64 is refused there (the op runs the reference for it)."""
+    from pygpt.ops.attention import _backward_on_cuda, _forward_on_cuda
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, pos = _inputs(2, 9, 4, 2, 16, torch.float32, positions="per_batch", device=device)
+    out, lse = _forward_on_cuda(q, k, v, pos, 0.37, 500.0, False)
+    grad = torch.randn_like(out)
+    grads = _backward_on_cuda(grad, q, k, v, pos, out, lse, 0.37, 500.0, False)
+    _check_against_references(q, k, v, pos, torch.float32, False, out, grad, grads, 0.37, 500.0)
+    with pytest.raises(TypeError, match="float64"):
+        _forward_on_cuda(q.double(), k.double(), v.double(), pos, 0.37, 500.0, False)
 
 
 def test_triton_rejects_odd_head_dim(needs_triton):
@@ -207,9 +241,11 @@ def test_gpu_op_matches_reference(shape, dtype):
     _compare(*_inputs(*shape, dtype, device="cuda"), dtype)
 
 
-@pytest.mark.parametrize("shape", [(2, 19, 4, 2, 40), (1, 33, 2, 1, 16)])
-def test_triton_kernel_fp16(shape, needs_triton):
-    """The low-precision path (q~, k~ and p rounded to the input dtype before the dots). fp16 only here: the
-    interpreter multiplies bf16 operands as raw bits (bf16 runs in the GPU tests)."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape, positions, causal", [((2, 19, 4, 2, 40), "per_batch", True),
+                                                      ((1, 33, 2, 1, 16), None, False)])
+def test_triton_kernel_low_precision(dtype, shape, positions, causal, needs_triton):
+    """The low-precision path (q~, k~ and p rounded to the input dtype before the dots). Under the interpreter
+    bf16 dot operands are widened to fp32 first (it multiplies bf16 bit patterns; kernels/_dot.py)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _triton_compare(shape, torch.float16, "per_batch", True, device)
+    _triton_compare(shape, dtype, positions, causal, device)

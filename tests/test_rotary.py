@@ -30,14 +30,19 @@ def _inputs(shape, dtype, device="cpu", per_batch=True, index_dtype=torch.int64)
     return x, positions
 
 
+INDEX_DTYPES = [torch.int32, torch.int64]
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize("per_batch", [True, False])
 def test_cpp_matches_reference(shape, dtype, per_batch):
-    x, positions = _inputs(shape, dtype, per_batch=per_batch, index_dtype=torch.int32 if per_batch else torch.int64)
-    out = torch.ops.pygpt.rotary(x, positions, 10000.0, False)
+    i = SHAPES.index(shape)  # both index dtypes with both layouts; RoPE base 500 in a third of the shapes
+    index_dtype, base = INDEX_DTYPES[i % 2], 500.0 if i % 3 == 2 else 10000.0
+    x, positions = _inputs(shape, dtype, per_batch=per_batch, index_dtype=index_dtype)
+    out = torch.ops.pygpt.rotary(x, positions, base, False)
     assert out.dtype == dtype
-    assert_close(out, rotary_reference(x.double(), positions), dtype)
+    assert_close(out, rotary_reference(x.double(), positions, base), dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -46,10 +51,44 @@ def test_triton_matches_reference(shape, dtype, needs_triton):
     from pygpt.kernels.rotary import rotary_triton
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, positions = _inputs(shape, dtype, device=device, per_batch=shape[0] % 2 == 0)
+    i = SHAPES.index(shape)  # per-batch positions for even B: each layout with each index dtype, and base 500
+    index_dtype, base = INDEX_DTYPES[(i // 2) % 2], 500.0 if i % 3 == 2 else 10000.0
+    x, positions = _inputs(shape, dtype, device=device, per_batch=shape[0] % 2 == 0, index_dtype=index_dtype)
     for inverse in (False, True):
-        out = rotary_triton(x, positions, 10000.0, inverse)
-        assert_close(out, rotary_reference(x.double(), positions, inverse=inverse), dtype)
+        out = rotary_triton(x, positions, base, inverse)
+        assert_close(out, rotary_reference(x.double(), positions, base, inverse=inverse), dtype)
+
+
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
+@pytest.mark.parametrize("per_batch", [True, False])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_position_dtypes_layouts_and_base(impl, per_batch, index_dtype, request):
+    """Every (positions layout, index dtype) pair on both kernels, each at the default and a non-default base,
+    forward and inverse (small shape: cheap under the interpreter)."""
+    if impl == "triton":
+        request.getfixturevalue("needs_triton")
+        from pygpt.kernels.rotary import rotary_triton as kernel
+    else:
+        kernel = torch.ops.pygpt.rotary
+    device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+    x, positions = _inputs((2, 5, 3, 40), torch.float32, device=device, per_batch=per_batch,
+                           index_dtype=index_dtype)
+    for base in (10000.0, 500.0):
+        for inverse in (False, True):
+            out = kernel(x, positions, base, inverse)
+            assert_close(out, rotary_reference(x.double(), positions.long(), base, inverse), torch.float32)
+
+
+def test_rotary_on_cuda_routing_on_cpu_tensors(needs_triton):
+    """_rotary_on_cuda (the op's CUDA kernel; Triton unless the CUDA C++ backend is picked) called directly on CPU
+    tensors under the interpreter: argument order and base, against the reference."""
+    from pygpt.ops.rotary import _rotary_on_cuda
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, positions = _inputs((2, 6, 3, 16), torch.float32, device=device, index_dtype=torch.int32)
+    for inverse in (False, True):
+        out = _rotary_on_cuda(x, positions, 500.0, inverse)
+        assert_close(out, rotary_reference(x.double(), positions, 500.0, inverse), torch.float32)
 
 
 def test_inverse_undoes_rotation():
