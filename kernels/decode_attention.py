@@ -27,6 +27,7 @@ from .kv_cache import advance_counters_triton
 
 LOG2E = 1.4426950408889634
 ONE_SPLIT_MAX_KEYS = 512  # caches up to this capacity are read by one program per (row, kv head), in one launch
+MAX_QUERY_ROWS = 64  # new tokens x query heads of a kv head that one program holds; longer prompts go in chunks
 
 
 @triton.jit
@@ -223,6 +224,18 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                          "(pygpt.ops.rope_decode_attention runs the reference for it)")
     Hkv, C = k_cache.shape[1], k_cache.shape[2]
     groups = H // Hkv
+    tokens = max(1, MAX_QUERY_ROWS // groups)
+    if Tn > tokens:
+        # A prompt (prefill through the cache) holds Tn x groups query rows a program: beyond MAX_QUERY_ROWS they
+        # would not fit in shared memory / registers. Run it in chunks of new tokens, each chunk attending over
+        # the cache the chunks before it appended: the same result as one launch, since a token at position p
+        # sees positions (p - C, p] and the chunks before it overwrote only slots of positions <= p - C.
+        if not advance:
+            lengths, starts = lengths.clone(), starts.clone()  # the chunks advance a copy; the caller's stay
+        return torch.cat([rope_decode_attention_triton(q[:, i:i + tokens], k[:, i:i + tokens], v[:, i:i + tokens],
+                                                       k_cache, v_cache, lengths, starts, scale, inv_freq, rope,
+                                                       splits, advance=True)
+                          for i in range(0, Tn, tokens)], dim=1)
     out = torch.empty_like(q)
     half = D // 2
     block_half = max(16, triton.next_power_of_2(half))

@@ -57,8 +57,10 @@ def _fused_linear_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, res_ptr, out_ptr,
                          NORM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BETA: tl.constexpr,
                          HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          RNE_BY_HAND: tl.constexpr):
-    row = tl.program_id(1).to(tl.int64)
-    cols = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    # One flat grid axis (a grid's second axis stops at 65535 rows): the N blocks of row 0, then of row 1, ...
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    row = (tl.program_id(0) // n_blocks).to(tl.int64)
+    cols = ((tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     col_mask = cols < N
     w_ty: tl.constexpr = w_ptr.dtype.element_ty
     acc_ty: tl.constexpr = tl.float64 if w_ty == tl.float64 else tl.float32
@@ -130,7 +132,7 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         return out
     block_n, block_k = launch_config(M, N, K, sm_count(x.device))
     has_norm, layer_norm = norm != NORM_NONE.value, norm == NORM_LAYER.value
-    _fused_linear_kernel[(triton.cdiv(N, block_n), M)](
+    _fused_linear_kernel[(triton.cdiv(N, block_n) * M,)](
         x, weight, bias if bias is not None else weight, norm_weight if has_norm else weight,
         norm_bias if (layer_norm and norm_bias is not None) else weight,
         residual if residual is not None else out, out, N, K, float(eps),

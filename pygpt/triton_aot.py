@@ -219,6 +219,9 @@ def default_cases() -> dict[str, Callable[[], None]]:
         "decode B1 H6 D64 cache 256 bf16 (heavy)": _decode(1, 1, 6, 6, 64, 256, bf16),
         "decode B32 H32 D128 cache 4096 bf16": _decode(32, 1, 32, 32, 128, 4096, bf16),
         "decode B4 Tn3 H32/4 D96 cache 1000 fp32": _decode(4, 3, 32, 4, 96, 1000, fp32),
+        # Prompts prefilled through the cache: chunks of at most MAX_QUERY_ROWS query rows a program.
+        "decode prefill B1 Tn256 H6 D64 cache 256 bf16 (heavy)": _decode(1, 256, 6, 6, 64, 256, bf16),
+        "decode prefill B2 Tn200 H8/2 D64 cache 256 fp32": _decode(2, 200, 8, 2, 64, 256, fp32),
         "kv append+evict B32 H32 D128 cache 4096 bf16": _kv_cache(32, 1, 32, 128, 4096, bf16),
         "kv append+evict B3 Tn5 H2 D40 cache 7 fp32": _kv_cache(3, 5, 2, 40, 7, fp32),
     }

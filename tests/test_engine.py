@@ -148,17 +148,35 @@ def test_gpu_cached_decode_matches_full_recompute(pos):
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_graph_replays_the_eager_decode_step():
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+def test_gpu_cuda_graph_replays_the_eager_decode_step(pos):
     """The graphed decode loop (bf16 cache, autocast, sampling inside the graph) gives exactly the ids of the same
     loop run eagerly, greedy and sampled with one seed, over a batch of different prompt lengths and past the
-    window; torch.compile'd too."""
-    model = _model("rope", block_size=16).cuda()
+    window (a learned / sinusoidal model recomputes its context there); torch.compile'd too (RoPE). The capture
+    must not read a device value on the host (the position bound check in GPT.embed is skipped there)."""
+    model = _model(pos, block_size=16).cuda()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
-    for compile in (False, True):  # (compiled and eager kernels may round differently: each against itself)
+    for compile in ((False, True) if pos == "rope" else (False,)):  # (compiled and eager may round differently)
         for kw in (dict(temperature=0), dict(temperature=0.9, top_k=5, seed=7)):
             graphed, eager = (torch.stack(list(Engine(model, cuda_graph=graph, compile=compile)
                                                .generate_ids(prompts, 40, **kw))) for graph in (True, False))
             assert torch.equal(graphed, eager), (compile, kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", [dict(n_embd=36, n_head=4, n_kv_head=2, pos="learned"), dict(dtype=torch.float64)])
+def test_gpu_engine_without_a_decode_kernel_does_not_capture(kw):
+    """An odd head_dim (9) or a float64 model decodes on the reference (which reads the counters on the host):
+    the engine must run it eagerly, with the same ids as without a graph."""
+    dtype = kw.pop("dtype", None)
+    model = _model(**kw).cuda()
+    if dtype is not None:
+        model = model.to(dtype)
+    engine = Engine(model, amp=False)
+    assert not engine._decode_has_gpu_kernel()
+    ids = torch.stack(list(engine.generate_ids([[1, 2, 3]], 20, temperature=0)))
+    assert torch.equal(ids, torch.stack(list(Engine(model, amp=False, cuda_graph=False)
+                                             .generate_ids([[1, 2, 3]], 20, temperature=0))))
 
 
 # -- the engine's CUDA recipe (bf16 autocast, precast weights, launch count), checked on CPU ------------------

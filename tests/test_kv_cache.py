@@ -318,6 +318,30 @@ def test_triton_decode_matches_reference(dtype, B, H, Hkv, C, D, Tn, rope, split
     assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
 
 
+@pytest.mark.parametrize("advance", [True, False])
+def test_triton_decode_long_prompt_in_chunks(advance, needs_triton):
+    """A prompt of more than MAX_QUERY_ROWS query rows (new tokens x group) runs in chunks of new tokens, each over
+    the cache the ones before it appended: the same output, cache and counters as the reference's one pass (with
+    advance=False the counters stay, though the chunks advanced a copy). GQA 4, 20 tokens: chunks of 16 + 4, a
+    wrapped cache."""
+    from pygpt.kernels import decode_attention
+
+    B, H, Hkv, C, D, Tn = 2, 8, 2, 24, 16, 20
+    assert Tn * H // Hkv > decode_attention.MAX_QUERY_ROWS
+    cache = [t.to(DEVICE) for t in random_cache(B, Hkv, C, D, torch.float32, seed=5)]
+    q = torch.randn(B, Tn, H, D, device=DEVICE)
+    k, v = torch.randn(2, B, Tn, Hkv, D, device=DEVICE)
+    expected_cache = clone_all(*cache)
+    exact = rope_decode_attention_reference(q.double(), k.double(), v.double(), *exact_copy(*cache),
+                                            scale=0.37, base=500.0, advance=advance)
+    lowp = rope_decode_attention_reference(q, k, v, *expected_cache, scale=0.37, base=500.0, advance=advance)
+    got = triton_decode(q, k, v, *cache, scale=0.37, base=500.0, advance=advance)
+    check_decode(got, lowp, exact, torch.float32)
+    assert_close(cache[0], expected_cache[0].double(), torch.float32)
+    assert torch.equal(cache[1], expected_cache[1])
+    assert torch.equal(cache[2], expected_cache[2]) and torch.equal(cache[3], expected_cache[3])
+
+
 def _garbage_outside_the_window(cache):
     """The cache with NaN in every slot outside [starts, lengths) (mod C): what an empty (torch.empty) or
     evicted cache may hold."""

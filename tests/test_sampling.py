@@ -590,8 +590,9 @@ def test_gpu_greedy_support_and_determinism(kernel):
         for V in (1, 65, 32000, 128256):
             B = 64
             logits = (torch.randn(B, V) * 4).to(dtype)
-            logits[::7, ::2] = -INF
-            logits[::7, 1] = 0.0
+            if V > 1:  # some rows half -inf (a one-token row of -inf would be an error row)
+                logits[::7, ::2] = -INF
+                logits[::7, 1] = 0.0
             x = logits.cuda()
             greedy = run(x, *_rows(B, 0.0, 0, 1.0, 0.0, "cuda"), ops.make_rng_state(0, "cuda"))
             assert torch.equal(greedy.cpu(), first_argmax(logits.float()))
@@ -609,7 +610,7 @@ def test_gpu_greedy_support_and_determinism(kernel):
 def test_gpu_distribution_chi_square(kernel, case):
     run = _gpu_kernel_or_skip(kernel)
     B = 200_000
-    ids = run(CHI2_ROW[None].expand(B, -1).cuda(), *_rows(B, *case, device="cuda"), ops.make_rng_state(1, "cuda"))
+    ids = run(CHI2_ROW.cuda()[None].expand(B, -1), *_rows(B, *case, device="cuda"), ops.make_rng_state(1, "cuda"))
     assert chi2_pvalue(ids, exact_probs(CHI2_ROW[None], *case)[0]) > 1e-3
     # A large vocabulary, where a row spans many chunks (Triton) / segments (CUDA C++): top-p alone keeps most of
     # the tail (the general path); top-k, or a sharper top-p, keeps few tokens (the fast path).
@@ -618,7 +619,8 @@ def test_gpu_distribution_chi_square(kernel, case):
     row[:12] += torch.linspace(9, 5, 12)
     B = 100_000
     for big_case in [(1.0, 0, 0.95, 0.0), (1.0, 20, 0.9, 0.0), (0.7, 0, 0.8, 0.0), (1.0, 0, 1.0, 0.01)]:
-        ids = run(row[None].expand(B, V).cuda(), *_rows(B, *big_case, device="cuda"), ops.make_rng_state(2, "cuda"))
+        # (expand on the device: a stride-0 view, not 20 GB of copies through the host)
+        ids = run(row.cuda()[None].expand(B, V), *_rows(B, *big_case, device="cuda"), ops.make_rng_state(2, "cuda"))
         probs = exact_probs(row[None], *big_case)[0]
         head = torch.cat([probs[:12], probs[12:].sum()[None]])
         assert allowed(row[None], *big_case)[0, ids.cpu()].all()
@@ -628,10 +630,16 @@ def test_gpu_distribution_chi_square(kernel, case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("cuda_backend", GPU_KERNELS)
 def test_gpu_public_sample_graph_capture_and_lazy_errors(cuda_backend):
+    """"triton-split": a row long enough (and a batch small enough) for the Triton kernel's split path."""
     _gpu_kernel_or_skip(cuda_backend)
     try:
-        ops.set_backend(cuda_backend=cuda_backend)
-        B, V = 8, 1000
+        ops.set_backend(cuda_backend="cuda" if cuda_backend == "cuda" else "triton")
+        B, V = 8, (8192 if cuda_backend == "triton-split" else 1000)
+        if cuda_backend == "triton-split":
+            from pygpt.kernels._device import sm_count
+            from pygpt.kernels.sample import split_count
+
+            assert split_count(B, V, sm_count(torch.device("cuda"))) > 1
         logits = torch.randn(B, V, device="cuda")
         t = torch.full((B,), 0.9, device="cuda")
         state = ops.make_rng_state(5, "cuda")

@@ -85,6 +85,7 @@ void kv_append_cuda(at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& length
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  if (B == 0) return;  // (a grid of zero blocks is a launch error)
   advance_kernel<<<(B + 255) / 256, 256, 0, stream>>>(lengths.data_ptr<int32_t>(), starts.data_ptr<int32_t>(),
                                                       static_cast<int>(B), static_cast<int>(Tn), static_cast<int>(C));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -96,6 +97,7 @@ void kv_evict_cuda(at::Tensor& lengths, at::Tensor& starts, const at::Tensor& co
   TORCH_CHECK(counts.is_cuda() && counts.scalar_type() == at::kInt && counts.sizes() == lengths.sizes() &&
                   counts.is_contiguous(),
               "pygpt.kv_evict: counts must be a contiguous CUDA int32 tensor of shape (", B, ",)");
+  if (B == 0) return;  // (a grid of zero blocks is a launch error)
   const c10::cuda::CUDAGuard guard(lengths.device());
   evict_kernel<<<(B + 255) / 256, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
       lengths.data_ptr<int32_t>(), starts.data_ptr<int32_t>(), counts.data_ptr<int32_t>(), static_cast<int>(B));

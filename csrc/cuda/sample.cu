@@ -267,7 +267,9 @@ __device__ int fast_draw(const scalar_t* __restrict__ x, int V, const RowZ& rz, 
   if (!(top_p < 1.f)) b_p = kBins;
   int b_m = kBins;
   if (min_p > 0.f) {
-    const float f = -logf(min_p) * kInvBinW;
+    // Bins up to floor(f) hold every p >= min_p; one more for logf / expf rounding at the edge (the draw's
+    // prob >= min_p test keeps the cut exact), as the Triton kernel's _cut_bin does.
+    const float f = -logf(min_p) * kInvBinW + 1.f;
     b_m = f < static_cast<float>(kBins) ? static_cast<int>(f) : kBins;
   }
   const int b_sel = need_k ? b_k : (b_p < b_m ? b_p : b_m);

@@ -165,8 +165,8 @@ class Engine:
 
         if self.compile:
             step = torch.compile(step, fullgraph=True, dynamic=False)
-        if not self.cuda_graph or ops.backend_for(self.device) == "reference":
-            return step
+        if not self.cuda_graph or not self._decode_has_gpu_kernel():
+            return step  # (the reference decode reads the cache's counters on the host: not capturable)
         static_ids = torch.zeros(cache.batch_size, dtype=torch.long, device=self.device)
         graph, static_out = None, None
 
@@ -186,6 +186,12 @@ class Engine:
             return static_out.clone()  # the next replay overwrites static_out; the caller may keep these ids
 
         return graphed
+
+    def _decode_has_gpu_kernel(self) -> bool:
+        """Whether the decode step runs compiled kernels on this device: not when the reference is forced, nor
+        for float64 or an odd head_dim, which rope_decode_attention sends to its reference on a GPU."""
+        return (ops.backend_for(self.device) != "reference" and self._cache_dtype() != torch.float64
+                and self.model.config.head_dim % 2 == 0)
 
     def _recompute_last(self, history: list[list[int]]) -> torch.Tensor:
         if not self._warned_recompute:

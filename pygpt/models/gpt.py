@@ -182,13 +182,18 @@ class GPT(nn.Module):
         (B, T) for learned or sinusoidal positions (RoPE rotates inside attention instead)."""
         x = self.wte(idx)
         if self.config.pos != "rope":
-            # (The bound check reads positions on the host: skipped while torch.compile traces.)
-            if not torch.compiler.is_compiling() and int(positions.max()) >= self.config.block_size:
+            # (The bound check reads positions on the host: skipped while torch.compile traces or a CUDA graph
+            # captures, where a host read is not allowed; the engine bounds its positions on the host.)
+            if not _tracing_or_capturing(positions) and int(positions.max()) >= self.config.block_size:
                 raise ValueError(f"GPT: positions must be < block_size ({self.config.block_size}) with "
                                  f"pos={self.config.pos!r}")
             table = self.wpe.weight if self.config.pos == "learned" else self.wpe_table
             x = x + table[positions]
         return x
+
+
+def _tracing_or_capturing(t: torch.Tensor) -> bool:
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
