@@ -245,6 +245,23 @@ def test_triton_distribution_across_chunks(needs_triton):
     assert chi2_pvalue(ids, exact_probs(row[None], *case)[0]) > 1e-3
 
 
+def test_sampling_rows_are_what_the_op_takes():
+    """sampling_rows: checked numbers -> the op's (B,) tensors, passed through as they are (no per-call copy) and
+    drawing the same ids as the numbers."""
+    from pygpt.ops.sampling import _rows
+
+    rows = ops.sampling_rows(3, 0.8, 5, 0.9, 0.05)
+    assert [r.dtype for r in rows] == [torch.float32, torch.int32, torch.float32, torch.float32]
+    assert all(_rows(r, 3, 100, r.dtype, r.device, cache=True) is r for r in rows)
+    logits = torch.randn(3, 100)
+    assert torch.equal(ops.sample(logits, *rows, rng_state=ops.make_rng_state(1)),
+                       ops.sample(logits, 0.8, 5, 0.9, 0.05, rng_state=ops.make_rng_state(1)))
+    with pytest.raises(ValueError, match="top_p must be in"):
+        ops.sampling_rows(2, top_p=1.5)
+    with pytest.raises(TypeError, match="top_k must be an int"):
+        ops.sampling_rows(2, top_k=2.5)
+
+
 TIED_ROWS = torch.tensor([[1.0, 1.0, 1.0] + [-5.0] * 13, [-1.0, 2.0, 0.5, 2.0, 2.0, 0.5] + [-3.0] * 10])
 
 

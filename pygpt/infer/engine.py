@@ -104,13 +104,15 @@ class Engine:
         # The sampler's state lives on the device and the op advances it there, so a CUDA graph can hold the
         # sampling too: a graphed step is one replay, with nothing read back.
         rng_state = ops.make_rng_state(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        # The settings as the op's (B,) tensors, made once: a captured graph reads these very tensors.
+        settings = ops.sampling_rows(len(prompts), temperature, top_k, top_p, min_p, self.device)
         # On CUDA the op reports NaN logits as negative ids, checked later on the host (pygpt.ops.sampling);
         # the engine keeps the smallest id on the device, clamps what it feeds back (an id of -1 would fault in
         # the embedding), and reads it every CHECK_EVERY steps and at the end.
         smallest = torch.zeros((), dtype=torch.int64, device=self.device) if self.device.type == "cuda" else None
 
         def pick(logits: torch.Tensor) -> torch.Tensor:
-            ids = ops.sample(logits, temperature, top_k, top_p, min_p, rng_state=rng_state)
+            ids = ops.sample(logits, *settings, rng_state=rng_state)
             if smallest is not None:
                 torch.minimum(smallest, ids.amin(), out=smallest)
             return ids

@@ -9,12 +9,12 @@ from ._library import backend_for, extension, extension_status, set_backend, tri
 from .attention import rope_attention, rope_attention_reference
 from .kv_cache import DecodeAttention, kv_append, kv_evict, rope_decode_attention
 from .linear import FusedLinear, fused_linear, fused_linear_reference
-from .sampling import check_sample_errors, make_rng_state, sample, sample_reference
+from .sampling import check_sample_errors, make_rng_state, sample, sample_reference, sampling_rows
 from .rotary import rope_angles, rope_inv_freq, rotary, rotary_reference
 
 __all__ = [
     "backend_for", "extension", "extension_status", "set_backend", "triton_available",
     "rotary", "rotary_reference", "rope_attention", "rope_attention_reference", "rope_angles", "rope_inv_freq",
-    "sample", "sample_reference", "make_rng_state", "check_sample_errors", "kv_append", "kv_evict",
+    "sample", "sample_reference", "sampling_rows", "make_rng_state", "check_sample_errors", "kv_append", "kv_evict",
     "rope_decode_attention", "DecodeAttention", "fused_linear", "fused_linear_reference", "FusedLinear",
 ]

@@ -141,6 +141,8 @@ def _full_cached(B: int, value: float | int, dtype: torch.dtype, device: torch.d
 def _rows(value: Param, B: int, V: int, dtype: torch.dtype, device: torch.device, cache: bool) -> torch.Tensor:
     """The (B,) tensor of ``dtype`` the op takes, from a number or a () / (B,) tensor (top_k clamped to V)."""
     if isinstance(value, torch.Tensor):
+        if value.dtype == dtype and value.shape == (B,) and value.is_contiguous():
+            return value  # as the op takes it (a top_k >= V means no top-k to every kernel)
         if dtype == torch.int32:
             value = value.clamp(max=min(V, _INT32_MAX))  # >= V means no top-k, so this keeps the meaning
         return value.to(dtype).expand(B).contiguous()
@@ -264,6 +266,21 @@ def _check_ids(ids: torch.Tensor, params: dict[str, Param]) -> None:
     _pending.append(_Pending(smallest, done, ids, params))
     if len(_pending) > _MAX_PENDING:  # never hold more than a bounded backlog
         _raise_landed(wait=True)
+
+
+def sampling_rows(B: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (B,) temperature, top_k, top_p, min_p tensors ``sample`` takes, from checked numbers, made once.
+
+    A decode loop passes these every step: sample then allocates nothing, and a CUDA graph that captured the loop
+    reads tensors the loop owns (not entries of sample's own cache, which a long-lived process may evict).
+    """
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p)):
+        _check_number(name, value)
+    return (torch.full((B,), float(temperature), dtype=torch.float32, device=device),
+            torch.full((B,), min(int(top_k), _INT32_MAX), dtype=torch.int32, device=device),
+            torch.full((B,), float(top_p), dtype=torch.float32, device=device),
+            torch.full((B,), float(min_p), dtype=torch.float32, device=device))
 
 
 # ----------------------------------------------------------------------------------------------- public op
