@@ -11,6 +11,8 @@
 #              mode (no cache, cache, CUDA graph, each torch.compile'd too)
 #   heavy-ref  train the heavy preset again on the Torch reference path (same seed): with heavy's log, the
 #              fused-vs-reference comparison of the attention issue
+#   tests, bench  kernels in two halves, for a second call when the first ran out of time (a call on a still-warm
+#              machine skips the build; without the warm cache the benchmarks' first runs include compiling)
 # Usage, from the repository root:
 #   OUT=/path/to/logs STAGES=kernels bash benchmarks/gpu_suite.sh
 #   OUT=/path/to/logs STAGES=heavy bash benchmarks/gpu_suite.sh
@@ -99,14 +101,18 @@ gpu_tests() {
 }
 
 kernels() {
-  local log="$out/kernels.log"
   # Meanwhile compile the benchmarks' kernels into Triton's cache (python -m pygpt.triton_aot --warm), so that
   # their timed runs do not compile.
   $py -m pygpt.triton_aot --warm --jobs 8 > "$work/warm.log" 2>&1 &
   local warm=$!
-  gpu_tests "$log"
+  gpu_tests "$out/kernels.log"
   wait "$warm"
   note "== warm Triton cache: exit $?, $(tail -n 1 "$work/warm.log")"
+  benches
+}
+
+benches() {
+  local log="$out/kernels.log"
   for bench in bench_rotary bench_rope_attention bench_decode_attention bench_kv_cache bench_sample \
                bench_fused_linear; do
     step "$log" 120 "$bench" $py "$repo/benchmarks/$bench.py"
@@ -153,8 +159,10 @@ $py -m pygpt.cli info 2>&1 | tee -a "$summary"
 for stage in $stages; do
   case $stage in
     kernels) kernels ;;
+    tests) gpu_tests "$out/kernels.log" ;;
+    bench) benches ;;
     heavy) heavy ;;
     heavy-ref) heavy_ref ;;
-    *) note "unknown stage '$stage' (kernels, heavy, heavy-ref)"; exit 2 ;;
+    *) note "unknown stage '$stage' (kernels = tests + bench, heavy, heavy-ref)"; exit 2 ;;
   esac
 done
