@@ -150,7 +150,8 @@ def scaling(args, dtype) -> None:
             del X
             t, g = time_ours(Xdev, args, dtype)
             it = max(g.n_iter_, 1)
-            print(f"{n:>12,} {t:>9.3f} {g.n_iter_:>6d} {t / it:>9.4f} {n * it / t / 1e6:>12.2f} {g.lower_bound_:>12.5f}")
+            print(f"{n:>12,} {t:>9.3f} {g.n_iter_:>6d} {t / it:>9.4f} {n * it / t / 1e6:>12.2f} "
+                  f"{g.lower_bound_:>12.5f}")
             del Xdev
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()

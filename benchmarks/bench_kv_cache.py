@@ -38,7 +38,8 @@ def check_ring_step(B, Hkv, D, L, device, dtype) -> None:
     """The kernels' append + evict leave the same cache and counters as the references."""
     k, v = (torch.randn(B, 1, Hkv, D, device=device, dtype=dtype) for _ in range(2))
     state = [torch.randn(B, Hkv, L, D, device=device, dtype=dtype) for _ in range(2)]
-    state += [torch.full((B,), L - 1, device=device, dtype=torch.int32), torch.zeros(B, device=device, dtype=torch.int32)]
+    state += [torch.full((B,), L - 1, device=device, dtype=torch.int32),
+              torch.zeros(B, device=device, dtype=torch.int32)]
     one = torch.ones(B, device=device, dtype=torch.int32)
     expected = [t.clone() for t in state]
     ring_step(*state, k, v, one)

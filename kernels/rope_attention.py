@@ -311,7 +311,8 @@ def _dummy_table(q: torch.Tensor) -> torch.Tensor:
 
 
 def rope_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None,
-                              sin: torch.Tensor | None, scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                              sin: torch.Tensor | None, scale: float,
+                              causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, T, H, D) and lse (B, H, T) fp32. cos/sin: (Bc, T, D/2) fp32 tables (Bc = B or 1), or None."""
     B, T, H, D, half, block_half, block_d, rope, precision = _common(q, cos)
     Hkv = k.shape[2]

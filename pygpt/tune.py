@@ -19,8 +19,9 @@ in user attr ``fail_reason`` and the study goes on.
 Studies live in SQLite (default ``sqlite:///<out>/study.db``) and are resumed when the same storage and study
 name are given again (``load_if_exists``). ``jobs`` > 1 trains that many trials at once, in spawned processes
 that share the storage (each with cpu_count // jobs torch threads unless the base config sets ``threads``); on
-a CPU, parallel 1-thread trials also match a 1-thread final run's speed better than one 2-thread trial. Each trial records user attrs ``settings`` (what was sampled, plus
-derived values), ``worker`` (the process that ran it), ``config`` (its RunConfig.to_dict()), ``steps``, ``train_seconds``, ``best_val``,
+a CPU, parallel 1-thread trials also match a 1-thread final run's speed better than one 2-thread trial. Each trial
+records user attrs ``settings`` (what was sampled, plus derived values), ``worker`` (the process that ran it),
+``config`` (its RunConfig.to_dict()), ``steps``, ``train_seconds``, ``best_val``,
 ``stopped_because``, ``n_params``, and for a finished trial ``full_val_loss`` / ``full_val_top5``. At the end
 the best config is written as ``<out>/best_config.json`` (RunConfig.to_dict() shape: ``pygpt train --config
 <out>/best_config.json``); it keeps the base config's budget (time_limit, max_iters, eval_interval), not the

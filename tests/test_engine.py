@@ -196,7 +196,8 @@ def test_precast_twin_gives_the_autocast_logits_bit_for_bit():
             return m(idx)[0]
 
     assert torch.equal(logits(twin.model), logits(model))
-    assert twin.model.lm_head.weight.dtype == torch.bfloat16 and twin.model.blocks[0].attn.qkv.bias.dtype == torch.bfloat16
+    assert (twin.model.lm_head.weight.dtype == torch.bfloat16
+            and twin.model.blocks[0].attn.qkv.bias.dtype == torch.bfloat16)
     assert model.lm_head.weight is model.wte.weight and model.wte.weight.dtype == torch.float32  # source untouched
     assert twin.model.wte.weight is model.wte.weight and twin.model.norm_f.weight is model.norm_f.weight
     model.blocks[1].mlp.down.weight.mul_(3)

@@ -207,9 +207,11 @@ def test_parameter_errors_name_the_argument(blobs):
     X = blobs[0]
     with pytest.raises(ValueError, match=r"n_samples=3 must be >= n_components=4"):
         GaussianMixture(4).fit(X[:3])
-    with pytest.raises(ValueError, match=r"covariance_type must be one of 'full', 'tied', 'diag', 'spherical'; got 'fuller'"):
+    with pytest.raises(ValueError,
+                       match=r"covariance_type must be one of 'full', 'tied', 'diag', 'spherical'; got 'fuller'"):
         GaussianMixture(2, covariance_type="fuller").fit(X)
-    with pytest.raises(ValueError, match=r"init_params must be one of 'kmeans', 'k-means\+\+', 'random', 'random_from_data'"):
+    with pytest.raises(ValueError,
+                       match=r"init_params must be one of 'kmeans', 'k-means\+\+', 'random', 'random_from_data'"):
         GaussianMixture(2, init_params="best").fit(X)
     for kwargs, name in [
         ({"n_components": 0}, "n_components"),

@@ -27,8 +27,10 @@ def data():
 def _init(X: np.ndarray, k: int, cov_type: str) -> dict:
     rng = np.random.default_rng(0)
     d = X.shape[1]
-    prec = {"full": np.stack([np.eye(d)] * k), "tied": np.eye(d), "diag": np.ones((k, d)), "spherical": np.ones(k)}[cov_type]
-    return {"weights_init": np.full(k, 1 / k), "means_init": X[rng.choice(len(X), k, replace=False)], "precisions_init": prec}
+    prec = {"full": np.stack([np.eye(d)] * k), "tied": np.eye(d), "diag": np.ones((k, d)),
+            "spherical": np.ones(k)}[cov_type]
+    return {"weights_init": np.full(k, 1 / k), "means_init": X[rng.choice(len(X), k, replace=False)],
+            "precisions_init": prec}
 
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)

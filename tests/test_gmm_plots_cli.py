@@ -43,7 +43,8 @@ def test_plot_3d_history_and_criteria(tmp_path):
     sel = select_n_components(X, range(1, 5), random_state=0)
     assert _is_png(plots.plot_criteria(sel.table, tmp_path / "criteria.png"))
     with pytest.raises(ValueError, match="2D or 3D"):
-        plots.plot_fit(GaussianMixture(2, random_state=0).fit(np.random.default_rng(0).normal(size=(50, 4))), np.zeros((50, 4)), tmp_path / "x.png")
+        plots.plot_fit(GaussianMixture(2, random_state=0).fit(np.random.default_rng(0).normal(size=(50, 4))),
+                       np.zeros((50, 4)), tmp_path / "x.png")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

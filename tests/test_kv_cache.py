@@ -223,13 +223,15 @@ def test_window_slides_past_capacity():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda c: ops.kv_append(*c, torch.randn(2, 1, 3, 8), torch.randn(2, 1, 3, 8)), r"k must have shape \(B, Tn, Hkv, D\)"),
+    (lambda c: ops.kv_append(*c, torch.randn(2, 1, 3, 8), torch.randn(2, 1, 3, 8)),
+     r"k must have shape \(B, Tn, Hkv, D\)"),
     (lambda c: ops.kv_append(*c, torch.randn(2, 9, 2, 8), torch.randn(2, 9, 2, 8)), "cannot append 9 tokens"),
     (lambda c: ops.kv_append(c[0], c[1], c[2].long(), c[3], torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8)),
      "lengths must be one of int32"),
     (lambda c: ops.rope_decode_attention(torch.randn(2, 1, 3, 8), torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8), *c),
      "q must have shape"),
-    (lambda c: ops.kv_append(*c, torch.randn(2, 1, 2, 8).half(), torch.randn(2, 1, 2, 8).half()), "k must be one of float32"),
+    (lambda c: ops.kv_append(*c, torch.randn(2, 1, 2, 8).half(), torch.randn(2, 1, 2, 8).half()),
+     "k must be one of float32"),
 ])
 def test_bad_inputs(call, match):
     cache = random_cache(2, 2, 8, 8, torch.float32)
@@ -240,7 +242,8 @@ def test_bad_inputs(call, match):
 def test_opcheck():
     cache = random_cache(2, 2, 8, 8, torch.float32)
     k, v = torch.randn(2, 2, 1, 2, 8)
-    torch.library.opcheck(torch.ops.pygpt.kv_append.default, (*cache, k, v), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.pygpt.kv_append.default, (*cache, k, v),
+                          test_utils=("test_schema", "test_faketensor"))
     q = torch.randn(2, 1, 4, 8)
     torch.library.opcheck(torch.ops.pygpt.rope_decode_attention.default, (q, k, v, *cache, 0.3, 1e4, True),
                           test_utils=("test_schema", "test_faketensor"))

@@ -194,7 +194,8 @@ def _triton_compare(shape, dtype, positions, causal, device, scale=None, base=10
 
 
 @pytest.mark.parametrize("shape, positions, causal, custom", TRITON_CASES, ids=[
-    f"{'x'.join(map(str, c[0]))}-{c[1]}-{'causal' if c[2] else 'full'}{'-custom' if c[3] else ''}" for c in TRITON_CASES])
+    f"{'x'.join(map(str, c[0]))}-{c[1]}-{'causal' if c[2] else 'full'}{'-custom' if c[3] else ''}"
+    for c in TRITON_CASES])
 def test_triton_kernel_matches_reference(shape, positions, causal, custom, needs_triton):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _triton_compare(shape, torch.float32, positions, causal, device, **custom)

@@ -19,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"pygpt      {pygpt.__version__}")
     print(f"python     {platform.python_version()} ({platform.machine()})")
-    print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'}), {torch.get_num_threads()} CPU threads")
+    print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'}), "
+          f"{torch.get_num_threads()} CPU threads")
     try:
         import triton
 

@@ -39,13 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--input", metavar="CSV", help="fit the rows of a numeric CSV file (a header line is skipped)")
     data.add_argument("--dim", type=int, choices=(2, 3), default=2, help="dimension of synthetic data (default 2)")
     data.add_argument("--n", type=int, default=2000, help="number of synthetic points (default 2000)")
-    data.add_argument("--true-k", type=int, default=None, help="components of synthetic data (default: --k, or 4 with --k auto)")
+    data.add_argument("--true-k", type=int, default=None,
+                      help="components of synthetic data (default: --k, or 4 with --k auto)")
     data.add_argument("--noise", type=float, default=0.0, help="std of isotropic noise added to synthetic points")
     data.add_argument("--seed", type=int, default=0, help="seed for the data and the fit (default 0)")
     model = parser.add_argument_group("model")
     model.add_argument("--k", type=_k_value, default=4, help="number of components, or 'auto' to choose by --criterion")
     model.add_argument("--k-max", type=int, default=10, help="largest K tried with --k auto (default 10)")
-    model.add_argument("--criterion", choices=("bic", "aic"), default="bic", help="criterion for --k auto (default bic)")
+    model.add_argument("--criterion", choices=("bic", "aic"), default="bic",
+                       help="criterion for --k auto (default bic)")
     model.add_argument("--cov", choices=_COV_TYPES, default="full", help="covariance type (default full)")
     model.add_argument("--init", choices=_INITS, default="kmeans", help="initialisation (default kmeans)")
     model.add_argument("--n-init", type=int, default=1, help="number of initialisations (default 1)")
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         selection = None
         if args.k == "auto":
             k_max = min(args.k_max, X.shape[0])
-            selection = select_n_components(X, range(1, k_max + 1), args.criterion, covariance_type=args.cov, **fit_kwargs)
+            selection = select_n_components(X, range(1, k_max + 1), args.criterion, covariance_type=args.cov,
+                                            **fit_kwargs)
             print(f"model selection by {args.criterion.upper()} over K=1..{k_max}:")
             print("    K           BIC           AIC   mean log-lik  iters  converged")
             for row in selection.table:

@@ -142,7 +142,8 @@ class KMeans:
         check_int("max_iter", self.max_iter, 1)
         check_float("tol", self.tol)
         if isinstance(self.init, str) and self.init not in ("k-means++", "random"):
-            raise ValueError(f"init must be 'k-means++', 'random' or an array of shape (n_clusters, n_features); got {self.init!r}")
+            raise ValueError("init must be 'k-means++', 'random' or an array of shape (n_clusters, n_features); "
+                             f"got {self.init!r}")
 
     def fit(self, X: Any, y: Any = None) -> "KMeans":
         """Cluster X (N, D). Returns self."""

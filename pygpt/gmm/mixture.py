@@ -183,7 +183,8 @@ class GaussianMixture:
             p = torch.as_tensor(np.asarray(self.precisions_init, dtype=np.float64)).to(device, dtype)
             expected = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
             if tuple(p.shape) != expected:
-                raise ValueError(f"precisions_init for covariance_type={ct!r} must have shape {expected}; got {tuple(p.shape)}")
+                raise ValueError(f"precisions_init for covariance_type={ct!r} must have shape {expected}; "
+                                 f"got {tuple(p.shape)}")
             if not bool(torch.isfinite(p).all()):
                 raise ValueError("precisions_init must be finite")
             if ct in ("full", "tied") and not torch.allclose(p, p.mT, rtol=1e-8, atol=1e-10):
@@ -246,7 +247,8 @@ class GaussianMixture:
         """Fit, then return the component of each row (N,), like ``fit(X).predict(X)``."""
         Xt = self._fit(X)
         with self._threads(Xt):
-            wlp = G.weighted_log_prob_t(Xt, self._current_params(Xt.device, Xt.dtype), self.covariance_type, self.chunk_size)
+            wlp = G.weighted_log_prob_t(Xt, self._current_params(Xt.device, Xt.dtype), self.covariance_type,
+                                        self.chunk_size)
             return to_output(argmax0(wlp), X)
 
     def _fit(self, X: Any) -> torch.Tensor:
@@ -296,7 +298,8 @@ class GaussianMixture:
                     )
                 history.append(lower_bound)
                 if self.verbose:
-                    print(f"  iter {n_iter:3d}  mean log-likelihood {lower_bound:.10g}  change {lower_bound - prev:.3g}")
+                    print(f"  iter {n_iter:3d}  mean log-likelihood {lower_bound:.10g}  "
+                          f"change {lower_bound - prev:.3g}")
                 if abs(lower_bound - prev) < self.tol:
                     converged = True
                     break
@@ -313,7 +316,8 @@ class GaussianMixture:
             )
         self._set_fitted(params, D, lower_bound, n_iter, converged, history)
 
-    def _set_fitted(self, params: G.Params, D: int, lower_bound: float, n_iter: int, converged: bool, history: list[float]) -> None:
+    def _set_fitted(self, params: G.Params, D: int, lower_bound: float, n_iter: int, converged: bool,
+                    history: list[float]) -> None:
         ct = self.covariance_type
         cov = params.covariances
         if cov is None:  # parameters straight from the user (max_iter=0)

@@ -127,7 +127,8 @@ def _ellipsoid_mesh(mean: np.ndarray, cov: np.ndarray, n_std: float, resolution:
     """x, y, z grids of the n_std-sigma ellipsoid surface of a 3D Gaussian."""
     u = np.linspace(0.0, 2.0 * np.pi, resolution)
     v = np.linspace(0.0, np.pi, resolution // 2 + 1)
-    sphere = np.stack([np.outer(np.cos(u), np.sin(v)), np.outer(np.sin(u), np.sin(v)), np.outer(np.ones_like(u), np.cos(v))])
+    sphere = np.stack([np.outer(np.cos(u), np.sin(v)), np.outer(np.sin(u), np.sin(v)),
+                       np.outer(np.ones_like(u), np.cos(v))])
     vals, vecs = np.linalg.eigh(cov)
     A = vecs * (n_std * np.sqrt(np.clip(vals, 0.0, None)))  # maps the unit sphere onto the ellipsoid
     pts = np.tensordot(A, sphere, axes=1) + mean[:, None, None]
@@ -164,7 +165,8 @@ def plot_mixture_3d(
     ax.scatter(Xs[:, 0], Xs[:, 1], Xs[:, 2], s=4, c=point_colors, alpha=0.6, linewidths=0, depthshade=False)
     if true_means is not None and true_covariances is not None:
         for m, c in zip(np.asarray(true_means), np.asarray(true_covariances)):
-            ax.plot_wireframe(*_ellipsoid_mesh(m, c, n_std, 10), color="black", linewidth=0.6, alpha=0.8, linestyles="--")
+            ax.plot_wireframe(*_ellipsoid_mesh(m, c, n_std, 10), color="black", linewidth=0.6, alpha=0.8,
+                              linestyles="--")
     for k, (m, c) in enumerate(zip(means, covs)):
         ax.plot_wireframe(*_ellipsoid_mesh(m, c, n_std), color=colors[k], linewidth=0.8)
     ax.set_box_aspect(tuple(np.maximum(np.ptp(X, axis=0), 1e-12)))  # true proportions, not a cube

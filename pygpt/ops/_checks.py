@@ -26,7 +26,8 @@ def check_tensor(op: str, name: str, t: object, *, ndim: int | Sequence[int] | N
             want = " or ".join(str(n) for n in allowed)
             raise ValueError(f"pygpt.{op}: {name} must have {want} dimensions, got shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
-        raise TypeError(f"pygpt.{op}: {name} must be one of {_names(dtypes)}, got {str(t.dtype).removeprefix('torch.')}")
+        raise TypeError(f"pygpt.{op}: {name} must be one of {_names(dtypes)}, "
+                        f"got {str(t.dtype).removeprefix('torch.')}")
     if device is not None and t.device != device:
         raise ValueError(f"pygpt.{op}: {name} must be on {device} (like the other inputs), got {t.device}")
     if contiguous and not t.is_contiguous():

@@ -85,7 +85,8 @@ def check_cache(op: str, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: 
     check_tensor(op, "k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES)
     check_tensor(op, "v_cache", v_cache, ndim=4, dtypes=(k_cache.dtype,), device=k_cache.device)
     if v_cache.shape != k_cache.shape:
-        raise ValueError(f"pygpt.{op}: v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+        raise ValueError(f"pygpt.{op}: v_cache must have k_cache's shape {tuple(k_cache.shape)}, "
+                         f"got {tuple(v_cache.shape)}")
     for name, t in (("lengths", lengths), ("starts", starts)):
         check_tensor(op, name, t, ndim=1, dtypes=(torch.int32,), device=k_cache.device)
         if t.shape[0] != k_cache.shape[0]:

@@ -102,7 +102,8 @@ class Trainer:
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_model = DDP(self.train_model,
+                                   device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.step = 0
         self.best_val = float("inf")
         self.best_step = -1
@@ -176,7 +177,8 @@ class Trainer:
             "step": torch.tensor(self.step), "best_val": torch.tensor(self.best_val),
             "best_step": torch.tensor(self.best_step), "evals_since_best": torch.tensor(self.evals_since_best),
             "seconds_to_best": torch.tensor(self.seconds_to_best),
-            "last_eval_step": torch.tensor(self.last_eval_step), "optimizer": self.optimizer.state_dict(), "sampler": self.train_sampler.state_dict(),
+            "last_eval_step": torch.tensor(self.last_eval_step), "optimizer": self.optimizer.state_dict(),
+            "sampler": self.train_sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
