@@ -293,8 +293,14 @@ def _config(kernel: str, D: int, dtype: torch.dtype) -> Config:
     return next(config for (max_d, is_fp32), config in _CONFIGS[kernel].items() if D <= max_d and is_fp32 == fp32)
 
 
+MAX_GRID_Y = 65535  # a CUDA grid's second axis, which holds B * H here
+
+
 def _common(q: torch.Tensor, cos: torch.Tensor | None):
     B, T, H, D = q.shape
+    if B * H > MAX_GRID_Y:
+        raise ValueError(f"pygpt.rope_attention: the Triton kernels take B * n_head <= {MAX_GRID_Y}, got "
+                         f"{B} * {H} = {B * H} (split the batch)")
     if D % 2:  # the kernels hold q and k as two halves (RoPE's pairs), with or without the rotation
         raise ValueError(f"pygpt.rope_attention: the Triton kernels need an even head_dim, got {D} "
                          "(pygpt.ops.rope_attention runs the reference for it)")

@@ -229,6 +229,16 @@ def test_triton_rejects_odd_head_dim(needs_triton):
         rope_attention_bwd_triton(q.clone(), q, k, v, None, None, q.clone(), torch.zeros(1, 2, 5), 0.4, True)
 
 
+def test_triton_rejects_a_grid_too_tall(needs_triton):
+    """B * n_head programs go on the grid's second axis (at most 65535): beyond, a clear error, not a launch
+    failure. (Stride-0 views: nothing is allocated or launched.)"""
+    from pygpt.kernels.rope_attention import rope_attention_fwd_triton
+
+    q = torch.zeros(()).expand(4097, 1, 16, 8)
+    with pytest.raises(ValueError, match="B \\* n_head <= 65535, got 4097 \\* 16"):
+        rope_attention_fwd_triton(q, q, q, None, None, 0.3, True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gpu_odd_head_dim_runs_the_reference(dtype):
