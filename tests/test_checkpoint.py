@@ -47,6 +47,28 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["metadata"] == {"v": 1}
 
 
+def test_interrupt_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C after the old checkpoint was moved aside and before the new one took its place: the old one is put
+    back (it used to be deleted with the temporaries)."""
+    tok = CharTokenizer("abcde")
+    save_checkpoint(tmp_path / "ck", _model(), tok, metadata={"v": 1})
+    import pygpt.train.checkpoint as ck
+
+    real_replace, calls = ck.os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new checkpoint's rename
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+    monkeypatch.setattr(ck.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "ck", _model(), tok, metadata={"v": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["metadata"] == {"v": 1}
+
+
 def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope")

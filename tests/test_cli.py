@@ -27,11 +27,46 @@ def test_train_is_reproducible_for_a_seed(tmp_path, tiny_text, capsys):
     fused-vs-reference comparison relies on it), another seed does not."""
     def scores(seed):
         assert main(["train", "--data", str(tiny_text), "--out", str(tmp_path / f"s{seed}"), *TINY_RUN,
-                     "--set", f"seed={seed}"]) == 0
+                     "--set", f"seed={seed}", "--overwrite"]) == 0
         return re.findall(r"(?:estimate|full-val loss) (\d+\.\d{4})", capsys.readouterr().out)
 
     first = scores(3)
     assert len(first) == 2 and scores(3) == first and scores(4) != first
+
+
+def test_train_keeps_an_existing_run_and_resume_errors(trained, tiny_text, tmp_path, capsys):
+    """A second `pygpt train` into the same out_dir must not replace the trained model with step 0's; resume
+    errors (no run, another model) are clear messages."""
+    out = trained.parent
+    before = (trained / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a run.*--resume.*--overwrite"):
+        main(["train", "--data", str(tiny_text), "--out", str(out), *TINY_RUN])
+    assert (trained / "model.safetensors").read_bytes() == before
+    with pytest.raises(SystemExit, match="--resume: checkpoint not found"):
+        main(["train", "--data", str(tiny_text), "--out", str(tmp_path / "none"), *TINY_RUN, "--resume"])
+    with pytest.raises(SystemExit, match="holds another model \\(n_embd: 32 there, 48 here\\)"):
+        main(["train", "--data", str(tiny_text), "--out", str(out), *TINY_RUN, "--set", "n_embd=48", "--resume"])
+    assert main(["train", "--data", str(tiny_text), "--out", str(out), *TINY_RUN, "--overwrite"]) == 0
+
+
+def test_train_on_too_little_text_is_a_clear_error(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be, that is the question\n" * 2)
+    with pytest.raises(SystemExit, match="the val split has 9 characters, fewer than block_size \\+ 1 = 17"):
+        main(["train", "--data", str(short), "--out", str(tmp_path / "run"), *TINY_RUN])
+
+
+def test_bad_data_and_config_files_are_clear_errors(tmp_path):
+    empty, short, config = tmp_path / "empty.txt", tmp_path / "short.txt", tmp_path / "c.json"
+    empty.write_text("")
+    short.write_text("hello world\n")
+    config.write_text('{"train": {"bogus": 1}}')
+    with pytest.raises(SystemExit, match="pygpt prepare: text file is empty"):
+        main(["prepare", "--input", str(empty), "--dir", str(tmp_path / "data")])
+    with pytest.raises(SystemExit, match="pygpt eval: full_val: need at least block_size \\+ 1"):
+        main(["eval", "--data", str(short)])
+    with pytest.raises(SystemExit, match="pygpt train: --config .*c.json: .*'bogus'"):
+        main(["train", "--config", str(config)])
 
 
 def test_prepare_from_local_file(tmp_path, tiny_text, capsys):

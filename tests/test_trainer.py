@@ -84,8 +84,12 @@ def test_lr_schedule_warmup_then_cosine(tiny_text, tmp_path):
 
 
 def test_torchrun_two_processes_on_cpu(tiny_text, tmp_path):
+    """torchrun with 2 processes (gloo): DDP keeps the replicas identical while each rank draws its own batches,
+    and a resume gives every rank back its own data stream (the next batch of each rank is the one it would have
+    drawn without the interruption)."""
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
+        import sys
         import torch
         from pygpt.data import load_corpus
         from pygpt.models import GPT, GPTConfig
@@ -96,25 +100,75 @@ def test_torchrun_two_processes_on_cpu(tiny_text, tmp_path):
         cfg = TrainConfig(out_dir={str(tmp_path / 'run')!r}, log_dir="", batch_size=4, max_iters=4, eval_interval=2,
                           eval_iters=1, progress=False, full_val=False, device="cpu", threads=1)
         trainer = Trainer(model, corpus.train_ids, corpus.val_ids, corpus.tokenizer, cfg)
-        result = trainer.fit()
-        # DDP keeps the replicas identical: print a weight checksum from every rank.
-        print("rank", trainer.rank, "of", trainer.world_size, "steps", result.steps,
-              "checksum", round(sum(p.double().sum().item() for p in model.parameters()), 6))
+        if sys.argv[1] == "resume":
+            trainer.resume({str(tmp_path / 'run' / 'last')!r})
+        else:
+            result = trainer.fit(stop_after=3)
+        x, _ = trainer.train_sampler.get_batch()  # the batch the next step would train on
+        line = " ".join(map(str, ("rank", trainer.rank, "of", trainer.world_size, "step", trainer.step, "next",
+                                  int((x * torch.arange(x.numel()).view_as(x)).sum()), "checksum",
+                                  round(sum(p.double().sum().item() for p in model.parameters()), 6))))
+        with open(f"{{sys.argv[1]}}-{{trainer.rank}}.txt", "w") as f:  # (one file a rank: prints interleave)
+            f.write(line)
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                          str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank"))
-    assert len(lines) == 2 and "of 2 steps 4" in lines[0]
-    assert lines[0].split("checksum")[1] == lines[1].split("checksum")[1]
+
+    def torchrun(mode):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                              str(script), mode], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = [(tmp_path / f"{mode}-{rank}.txt").read_text().split() for rank in range(2)]
+        assert [line[:6] for line in lines] == [
+            ["rank", str(r), "of", "2", "step", "3"] for r in range(2)]
+        return {int(line[1]): (line[7], line[9]) for line in lines}  # rank -> (next batch, weights)
+
+    trained = torchrun("fit")
+    assert trained[0][1] == trained[1][1]  # identical replicas
+    assert trained[0][0] != trained[1][0]  # different data on each rank
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert torchrun("resume") == trained
+
+
+def _record_lr(trainer):
+    """The learning rate of every step, as the optimizer used it."""
+    lrs = []
+    trainer.add_callback("on_step_end", lambda t, step, loss: lrs.append(t.optimizer.param_groups[0]["lr"]))
+    return lrs
 
 
 def test_time_limit_with_time_schedule(tiny_text, tmp_path):
     trainer = _trainer(tiny_text, tmp_path, max_iters=100_000, time_limit=3.0, schedule_by_time=True,
                        warmup_iters=2, lr=1e-3, min_lr=1e-4)
+    lrs = _record_lr(trainer)
     result = trainer.fit()
     assert result.stopped_because == "time_limit" and result.steps > 2
     assert trainer.history[-1]["step"] == result.steps  # the final weights were scored
-    assert abs(trainer.lr_at(result.steps) - 1e-4) < 2e-5  # the schedule ended with the clock
+    assert lrs[2] > 9e-4 and lrs[-1] < 1.5e-4  # the schedule ended with the clock
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_time_schedule_also_ends_at_max_iters(tiny_text, tmp_path):
+    """On a machine fast enough to reach max_iters before the time limit, the cosine still ends at min_lr."""
+    trainer = _trainer(tiny_text, tmp_path, max_iters=40, time_limit=600.0, schedule_by_time=True,
+                       warmup_iters=2, lr=1e-3, min_lr=1e-4)
+    lrs = _record_lr(trainer)
+    assert trainer.fit().stopped_because == "max_iters"
+    assert lrs[-1] < 1.1e-4
+
+
+def test_resume_keeps_the_clock(tiny_text, tmp_path):
+    """A time-limited run resumed goes on with its elapsed training time (its LR schedule and limit continue),
+    instead of restarting the clock at its best eval."""
+    settings = dict(max_iters=100_000, time_limit=4.0, schedule_by_time=True, warmup_iters=2, lr=1e-3, min_lr=1e-4,
+                    eval_interval=1000)  # one eval, at step 0: the best is at 0 s
+    first = _trainer(tiny_text, tmp_path, **settings)
+    first_lrs = _record_lr(first)
+    first.fit(stop_after=200)
+    elapsed = first._elapsed()
+    resumed = _trainer(tiny_text, tmp_path, **settings)
+    resumed.resume(tmp_path / "run" / "last")
+    lrs = _record_lr(resumed)
+    result = resumed.fit()
+    assert lrs[0] <= first_lrs[-1] * 1.0001  # the cosine goes on: no jump back to the peak
+    assert result.stopped_because == "time_limit" and result.train_seconds < 4.0 + 1.0
+    assert result.train_seconds >= elapsed

@@ -21,10 +21,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint, device=device)
         corpus = load_corpus(args.data, tokenizer=ckpt.tokenizer)
+        with _autocast(device):
+            print(full_val(ckpt.model, corpus.val_ids, ckpt.model.config.block_size, device=device))
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pygpt eval: {err}") from None
-    with _autocast(device):
-        print(full_val(ckpt.model, corpus.val_ids, ckpt.model.config.block_size, device=device))
     return 0
 
 

@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
             dest = download_tiny_shakespeare(dest_dir)
         except (ConnectionError, ValueError) as err:
             raise SystemExit(f"pygpt prepare: {err}") from None
-    corpus = load_corpus(str(dest))
+    try:
+        corpus = load_corpus(str(dest))
+    except ValueError as err:
+        raise SystemExit(f"pygpt prepare: {err}") from None
     vocab = "".join(corpus.tokenizer.chars)
     print(f"{dest}: {len(corpus.text):,} characters, vocabulary of {corpus.tokenizer.vocab_size}: {vocab!r}")
     print(f"train {len(corpus.train_ids):,} / val {len(corpus.val_ids):,} characters")

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iters", type=int, help="training steps (overrides max_iters)")
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/last")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an out_dir that already holds a run (its best/ and last/ are replaced)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any model or train setting, e.g. --set n_layer=4 --set lr=3e-4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,14 +70,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = MODEL_TYPES[args.model][0](cfg.model)
     train_ids, val_ids = training_streams(data)
+    out_dir = Path(cfg.train.out_dir)
+    try:
+        if not words:
+            check_split_lengths(train_ids, val_ids, model.config.block_size)
+        if not (args.resume or args.overwrite) and any((out_dir / name).exists() for name in ("best", "last")):
+            raise ValueError(f"{out_dir} already holds a run (best/, last/): --resume continues it, --overwrite "
+                             "starts over and replaces it, --out DIR trains elsewhere")
+    except ValueError as err:
+        raise SystemExit(f"pygpt train: {err}") from None
     if args.model == "bigram-count":  # training is counting: no optimizer steps
         model.count_stream(train_ids)
         cfg.train.max_iters = 0
     trainer = Trainer(model, train_ids, val_ids, data.tokenizer, cfg.train, run_config=cfg.to_dict(),
                       **(word_trainer_args(words, cfg.train) if words else {}))
     if args.resume:
-        last = Path(cfg.train.out_dir) / "last"
-        trainer.resume(last)
+        last = out_dir / "last"
+        try:
+            trainer.resume(last)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"pygpt train --resume: {err}") from None
         print(f"resumed from {last} at step {trainer.step}")
     if trainer.is_main:
         if args.model == "gpt" and not words:
@@ -106,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
             print(result.full_val)
         print(f"best checkpoint: {Path(cfg.train.out_dir) / 'best'}")
     return 0
+
+
+def check_split_lengths(train_ids, val_ids, block_size: int) -> None:
+    """A clear error, before training starts, when a split is too short for one window of block_size + 1."""
+    for name, ids in (("train", train_ids), ("val", val_ids)):
+        if len(ids) < block_size + 1:
+            raise ValueError(f"the {name} split has {len(ids):,} characters, fewer than block_size + 1 = "
+                             f"{block_size + 1}: use a longer text, or a smaller --set block_size=N")
 
 
 def classic_defaults(model_type: str) -> list[str]:

@@ -67,7 +67,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: CharTo
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None and not path.exists():
+                os.replace(old, path)  # interrupted between the two renames: put the previous checkpoint back
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

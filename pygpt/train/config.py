@@ -119,5 +119,10 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
         if not path.is_file():
             raise FileNotFoundError(f"--config: {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) "
                                     "nor a JSON file")
-        cfg = RunConfig.from_dict(json.loads(path.read_text()))
+        try:
+            cfg = RunConfig.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {name_or_path}: not valid JSON ({err})") from None
+        except TypeError as err:  # a key the dataclasses don't take
+            raise ValueError(f"--config {name_or_path}: {err}") from None
     return apply_overrides(cfg, overrides or [])

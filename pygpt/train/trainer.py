@@ -83,7 +83,7 @@ class Trainer:
             self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.rank)  # (each rank its own dropout masks; DDP syncs the weights)
 
         self.model = model.to(self.device)
         self.block_size = model.config.block_size
@@ -111,6 +111,7 @@ class Trainer:
         self.seconds_to_best = 0.0
         self.last_eval_step = -1
         self._start_time: float | None = None
+        self._seconds_before = 0.0  # training time of the run this one resumed (its clock goes on from there)
         self.history: list[dict] = []
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -148,11 +149,18 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
         if cfg.schedule_by_time and cfg.time_limit and step >= cfg.warmup_iters:
-            # Cosine over the time budget instead of the steps: the schedule ends when the time does, on any machine.
-            elapsed = time.perf_counter() - self._start_time if self._start_time is not None else 0.0
-            return cosine_lr(1 + int(1e6 * min(1.0, elapsed / cfg.time_limit)), cfg.lr, cfg.min_lr, 1, 1 + int(1e6))
+            # Cosine over the time budget instead of the steps: the schedule ends when the time does, on any machine
+            # - or when the steps do, on a machine fast enough to reach max_iters first.
+            progress = max(self._elapsed() / cfg.time_limit, step / (cfg.lr_decay_iters or cfg.max_iters or 1))
+            return cosine_lr(1 + int(1e6 * min(1.0, progress)), cfg.lr, cfg.min_lr, 1, 1 + int(1e6))
         decay = cfg.lr_decay_iters or cfg.max_iters
         return cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, decay)
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far, the resumed run's included."""
+        if self._start_time is None:
+            return self._seconds_before
+        return time.perf_counter() - self._start_time
 
     @torch.no_grad()
     def estimate_val_loss(self) -> float:
@@ -176,11 +184,16 @@ class Trainer:
         state = {
             "step": torch.tensor(self.step), "best_val": torch.tensor(self.best_val),
             "best_step": torch.tensor(self.best_step), "evals_since_best": torch.tensor(self.evals_since_best),
-            "seconds_to_best": torch.tensor(self.seconds_to_best),
+            "seconds_to_best": torch.tensor(self.seconds_to_best), "train_seconds": torch.tensor(self._elapsed()),
             "last_eval_step": torch.tensor(self.last_eval_step), "optimizer": self.optimizer.state_dict(),
             "sampler": self.train_sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.distributed:
+            # Every rank draws its own batches and dropout: keep each one's stream (a collective: all ranks call it).
+            ranks: list = [None] * self.world_size
+            dist.all_gather_object(ranks, {"sampler": state["sampler"], "torch_rng": state["torch_rng"]})
+            state["ranks"] = ranks
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -190,20 +203,30 @@ class Trainer:
         self.best_val, self.best_step = float(state["best_val"]), int(state["best_step"])
         self.evals_since_best = int(state["evals_since_best"])
         self.seconds_to_best = float(state["seconds_to_best"])
+        # (checkpoints from before train_seconds was saved: their clock is known only up to the best eval)
+        self._seconds_before = float(state.get("train_seconds", state["seconds_to_best"]))
         self.last_eval_step = int(state["last_eval_step"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.train_sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        streams = state
+        if "ranks" in state or self.distributed:
+            saved = len(state.get("ranks", [None]))
+            if saved != self.world_size:
+                raise ValueError(f"resume: the checkpoint was saved by {saved} process(es), this run has "
+                                 f"{self.world_size}: resume with as many")
+            streams = state["ranks"][self.rank] if "ranks" in state else state
+        self.train_sampler.load_state_dict(streams["sampler"])
+        torch.set_rng_state(streams["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def save(self, name: str, with_state: bool) -> Path | None:
+        state = self.trainer_state() if with_state else None  # (on every rank: it gathers their data streams)
         if not self.is_main:
             return None
         metadata = {"step": self.step, "best_val_estimate": self.best_val, "best_step": self.best_step}
         path = save_checkpoint(Path(self.cfg.out_dir) / name, self.model, self.tokenizer,
                                train=self.run_config.get("train"), metadata=metadata,
-                               trainer_state=self.trainer_state() if with_state else None)
+                               trainer_state=state)
         self._fire("on_checkpoint", path=path, name=name)
         return path
 
@@ -212,6 +235,12 @@ class Trainer:
         ckpt = load_checkpoint(checkpoint_dir, device=self.device)
         if ckpt.tokenizer != self.tokenizer:
             raise ValueError(f"resume: checkpoint {checkpoint_dir} was trained on a different vocabulary")
+        mine, theirs = self.model.config.to_dict(), ckpt.config["model"]
+        if mine != theirs:
+            changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            raise ValueError(f"resume: checkpoint {checkpoint_dir} holds another model ("
+                             + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in changed)
+                             + "); resume with the settings it was trained with")
         self.model.load_state_dict(ckpt.model.state_dict())
         self._load_trainer_state(load_trainer_state(checkpoint_dir))
 
@@ -236,7 +265,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        start_time = time.perf_counter() - self.seconds_to_best if self.step else time.perf_counter()
+        start_time = time.perf_counter() - self._seconds_before  # a resumed run's clock goes on
         self._start_time = start_time
         stop_step = cfg.max_iters if stop_after is None else min(cfg.max_iters, self.step + stop_after)
         stopped_because = "max_iters"
