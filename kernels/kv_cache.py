@@ -46,7 +46,7 @@ def _evict(LEN, START, COUNTS, B, BLOCK_B: tl.constexpr):
     start = tl.load(START + b, mask=mask)
     n = tl.load(COUNTS + b, mask=mask)
     free = n < 0
-    start = tl.where(free, 0, tl.minimum(start + tl.maximum(n, 0), length))
+    start = tl.where(free, 0, start + tl.minimum(tl.maximum(n, 0), length - start))  # (start + n may overflow)
     tl.store(START + b, start, mask=mask)
     tl.store(LEN + b, tl.where(free, 0, length), mask=mask)
 

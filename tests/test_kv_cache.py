@@ -2,6 +2,8 @@
 the decode step rope_decode_attention (attention over the ring buffer's window, then append), across dtypes,
 batch > 1 with different lengths, GQA, and wrap-around."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -237,6 +239,49 @@ def test_bad_inputs(call, match):
     cache = random_cache(2, 2, 8, 8, torch.float32)
     with pytest.raises((ValueError, TypeError), match=match):
         call(cache)
+
+
+def _bad_counters(c):
+    c[3][1] = -5  # starts < 0: positions before the cache
+    return c
+
+
+@pytest.mark.parametrize("make, match", [
+    # v with fewer new tokens than k (read past v's end before)
+    (lambda c: (torch.randn(2, 3, 4, 8), torch.randn(2, 3, 2, 8), torch.randn(2, 1, 2, 8), *c),
+     "v must have k's number of new tokens 3, got 1"),
+    (lambda c: (torch.randn(2, 1, 4, 8), torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8), *_bad_counters(c)),
+     "needs 0 <= starts <= lengths"),
+    # no kv head (a division by zero before)
+    (lambda c: (torch.randn(2, 1, 2, 8), torch.randn(2, 1, 0, 8), torch.randn(2, 1, 0, 8),
+                torch.zeros(2, 0, 8, 8), torch.zeros(2, 0, 8, 8), c[2], c[3]), "at least one head and one slot"),
+    (lambda c: (torch.randn(2, 1, 0, 8), torch.randn(2, 1, 2, 8), torch.randn(2, 1, 2, 8), *c),
+     "q must have at least one head"),
+])
+@pytest.mark.parametrize("entry", ["op", "bound", "public"])
+def test_decode_rejects_what_would_crash(make, match, entry):
+    """Inputs that made the C++ decode step read or write out of bounds (or divide by zero) are errors on every
+    path: the public op, DecodeAttention (which leaves the checks to the kernel) and the raw op."""
+    args = make(random_cache(2, 2, 8, 8, torch.float32))
+    call = {"op": lambda: torch.ops.pygpt.rope_decode_attention(*args, 0.35, 1e4, True, True),
+            "bound": lambda: ops.DecodeAttention(8)(*args),
+            "public": lambda: ops.rope_decode_attention(*args)}[entry]
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        call()
+
+
+def test_append_and_evict_keep_the_counters_in_range():
+    cache = random_cache(2, 2, 8, 8, torch.float32)
+    with pytest.raises(RuntimeError, match="v must have k's number of new tokens"):
+        torch.ops.pygpt.kv_append(*cache, torch.randn(2, 1, 2, 8), torch.randn(2, 3, 2, 8))
+    cache[2][0], cache[3][0] = 2**31 - 2, 2**31 - 10
+    with pytest.raises(RuntimeError, match="would pass 2\\^31 - 1 positions"):
+        torch.ops.pygpt.kv_append(*cache, torch.randn(2, 3, 2, 8), torch.randn(2, 3, 2, 8))
+    # "Evict everything" with a huge count: starts + counts overflowed int32 into a negative start before.
+    for impl in ("cpp", "reference") + (("triton",) if importlib.util.find_spec("triton") else ()):
+        lengths, starts = (torch.tensor(v, dtype=torch.int32, device=impl_device(impl)) for v in ([10, 7], [2, 0]))
+        evict_impl(impl)(lengths, starts, torch.tensor([2**31 - 1, 3], dtype=torch.int32, device=lengths.device))
+        assert starts.tolist() == [10, 3] and lengths.tolist() == [10, 7], impl
 
 
 def test_opcheck():

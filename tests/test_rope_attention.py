@@ -99,6 +99,15 @@ def test_odd_head_dim_without_rope(D, causal):
     _compare(q, k, v, None, torch.float32, causal=causal)
 
 
+def test_zero_head_dim_gives_the_log_of_the_keys_seen():
+    """D = 0: every score is 0, so the log-sum-exp is log(number of visible keys) (it was left uninitialised)."""
+    q = torch.zeros(2, 5, 3, 0)
+    for causal, seen in ((True, torch.arange(1.0, 6.0)), (False, torch.full((5,), 5.0))):
+        out, lse = torch.ops.pygpt.rope_attention(q, q, q, None, 1.0, 1e4, causal)
+        assert out.shape == q.shape
+        torch.testing.assert_close(lse, seen.log().expand(2, 3, 5))
+
+
 def test_float64_is_exact():
     q, k, v, pos = _inputs(2, 70, 4, 2, 40, torch.float64)
     out = ops.rope_attention(q, k, v, pos)

@@ -245,6 +245,12 @@ def test_triton_distribution_across_chunks(needs_triton):
     assert chi2_pvalue(ids, exact_probs(row[None], *case)[0]) > 1e-3
 
 
+def test_negative_int64_top_k_is_an_error_not_a_wrapped_int32():
+    """-2^32 + 1 as int32 would be 1 (greedy): the value must reach the kernel's range check negative."""
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        ops.sample(torch.randn(2, 100), 1.0, torch.full((2,), -2**32 + 1, dtype=torch.int64))
+
+
 def test_sampling_rows_are_what_the_op_takes():
     """sampling_rows: checked numbers -> the op's (B,) tensors, passed through as they are (no per-call copy) and
     drawing the same ids as the numbers."""

@@ -29,6 +29,8 @@ using namespace cpu;
 void check_cache_args(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
                       const at::Tensor& lengths, const at::Tensor& starts) {
   check_float_tensor(op, "k_cache", k_cache, 4);
+  TORCH_CHECK(k_cache.size(1) > 0 && k_cache.size(2) > 0, "pygpt.", op, ": k_cache must have at least one head "
+              "and one slot, got shape ", k_cache.sizes());
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == k_cache.scalar_type() &&
                   v_cache.is_contiguous(),
               "pygpt.", op, ": v_cache must be a contiguous tensor like k_cache ", k_cache.sizes(), " ",
@@ -38,6 +40,19 @@ void check_cache_args(const char* op, const at::Tensor& k_cache, const at::Tenso
                 "pygpt.", op, ": ", name, " must be a contiguous int32 tensor of shape (B,) = (", k_cache.size(0),
                 ",), got ", t->scalar_type(), " ", t->sizes());
     check_same_device(op, "k_cache", k_cache, name, *t);
+  }
+}
+
+// The counters' values (host memory here, so checking them is cheap): a negative position would index before the
+// cache, and lengths + Tn must stay an int32.
+void check_counter_values(const char* op, const at::Tensor& lengths, const at::Tensor& starts, int64_t Tn) {
+  const int32_t* len = lengths.data_ptr<int32_t>();
+  const int32_t* st = starts.data_ptr<int32_t>();
+  for (int64_t b = 0; b < lengths.size(0); ++b) {
+    TORCH_CHECK(0 <= st[b] && st[b] <= len[b], "pygpt.", op, ": sequence ", b, " needs 0 <= starts <= lengths, got ",
+                "starts ", st[b], ", lengths ", len[b]);
+    TORCH_CHECK(len[b] <= std::numeric_limits<int32_t>::max() - Tn, "pygpt.", op, ": sequence ", b,
+                " would pass 2^31 - 1 positions");
   }
 }
 
@@ -51,6 +66,8 @@ void check_new_rows(const char* op, const at::Tensor& k_cache, const at::Tensor&
     TORCH_CHECK(t->stride(3) == 1, "pygpt.", op, ": ", name, "'s last dimension must be contiguous");
     check_same_device(op, "k_cache", k_cache, name, *t);
   }
+  TORCH_CHECK(v.size(1) == k.size(1), "pygpt.", op, ": v must have k's number of new tokens ", k.size(1), ", got ",
+              v.size(1));
   TORCH_CHECK(k.size(1) <= C, "pygpt.", op, ": cannot append ", k.size(1), " tokens at once to a cache of ", C,
               " slots");
 }
@@ -86,6 +103,7 @@ void kv_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, at::Tensor& lengths
                    const at::Tensor& k, const at::Tensor& v) {
   check_cache_args("kv_append", k_cache, v_cache, lengths, starts);
   check_new_rows("kv_append", k_cache, k, v);
+  check_counter_values("kv_append", lengths, starts, k.size(1));
   const int32_t* len = lengths.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(), "kv_append_cpu", [&] {
     write_rows<scalar_t>(k_cache, k, len);
@@ -108,7 +126,7 @@ void kv_evict_cpu(at::Tensor& lengths, at::Tensor& starts, const at::Tensor& cou
     if (n[b] < 0) {
       len[b] = st[b] = 0;  // free the sequence's slot for reuse
     } else {
-      st[b] = std::min(st[b] + n[b], len[b]);
+      st[b] += std::min(n[b], len[b] - st[b]);  // (not min(st + n, len): st + n may overflow)
     }
   }
 }
@@ -266,6 +284,7 @@ at::Tensor rope_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
   const char* op = "rope_decode_attention";
   check_cache_args(op, k_cache, v_cache, lengths, starts);
   check_new_rows(op, k_cache, k, v);
+  check_counter_values(op, lengths, starts, k.size(1));
   TORCH_CHECK(q.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
                   q.size(2) % k_cache.size(1) == 0,
               "pygpt.", op, ": q must have shape (B, Tn, H, D) with H a multiple of the cache's ", k_cache.size(1),
@@ -275,7 +294,9 @@ at::Tensor rope_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, c
   TORCH_CHECK(!rope || q.size(3) % 2 == 0, "pygpt.", op, ": head_dim must be even for RoPE, got ", q.size(3));
   auto out = at::empty(q.sizes(), q.options());
   auto k_rot = at::empty(k.sizes(), k.options());
-  if (q.numel() == 0) return out;
+  TORCH_CHECK(q.size(2) > 0 && q.size(3) > 0, "pygpt.", op, ": q must have at least one head and head_dim > 0, "
+              "got ", q.sizes());
+  if (q.numel() == 0) return out;  // no sequence or no new token: nothing to attend, append or advance
   const int32_t* len = lengths.data_ptr<int32_t>();
   const int32_t* st = starts.data_ptr<int32_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "rope_decode_attention_cpu", [&] {

@@ -206,7 +206,15 @@ std::tuple<at::Tensor, at::Tensor> rope_attention_cpu(const at::Tensor& q, const
   auto out = at::empty(q.sizes(), q.options());
   // The log-sum-exp is kept in the compute precision: float32, or float64 for float64 inputs.
   auto lse = at::empty({B, H, T}, q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-  if (out.numel() == 0) return {out, lse};
+  if (out.numel() == 0) {
+    // head_dim 0 (or an empty batch): every score is 0, so lse = log(the number of keys a query sees).
+    if (lse.numel() > 0) {
+      const auto seen = causal ? at::arange(1, T + 1, lse.options()) : at::full({T}, static_cast<double>(T),
+                                                                                lse.options());
+      lse.copy_(seen.log().expand_as(lse));
+    }
+    return {out, lse};
+  }
   std::optional<at::Tensor> pos;
   if (positions.has_value()) pos = positions->contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "rope_attention_cpu", [&] {

@@ -44,7 +44,7 @@ __global__ void evict_kernel(int32_t* lengths, int32_t* starts, const int32_t* c
     lengths[b] = 0;
     starts[b] = 0;
   } else {
-    starts[b] = min(starts[b] + counts[b], lengths[b]);
+    starts[b] += min(counts[b], lengths[b] - starts[b]);  // (starts + counts may overflow)
   }
 }
 

@@ -40,7 +40,7 @@ def kv_append_reference(k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: t
 def kv_evict_reference(lengths: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor) -> None:
     """Drop the oldest counts[b] entries of each sequence; counts[b] < 0 frees sequence b (lengths = starts = 0)."""
     free = counts < 0
-    torch.minimum(starts + counts.clamp(min=0), lengths, out=starts)
+    starts += torch.minimum(counts.clamp(min=0), lengths - starts)  # (not min(starts + counts, ...): may overflow)
     starts.masked_fill_(free, 0)
     lengths.masked_fill_(free, 0)
 
@@ -83,6 +83,9 @@ def rope_decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.T
 def check_cache(op: str, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
                 starts: torch.Tensor) -> None:
     check_tensor(op, "k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES)
+    if k_cache.shape[1] == 0 or k_cache.shape[2] == 0:
+        raise ValueError(f"pygpt.{op}: k_cache must have at least one head and one slot, got shape "
+                         f"{tuple(k_cache.shape)}")
     check_tensor(op, "v_cache", v_cache, ndim=4, dtypes=(k_cache.dtype,), device=k_cache.device)
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"pygpt.{op}: v_cache must have k_cache's shape {tuple(k_cache.shape)}, "
@@ -102,6 +105,8 @@ def check_new_rows(op: str, k_cache: torch.Tensor, k: torch.Tensor, v: torch.Ten
                              f"got {tuple(t.shape)}")
         if t.stride(-1) != 1:
             raise ValueError(f"pygpt.{op}: {name}'s last dimension must be contiguous")
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"pygpt.{op}: v must have k's number of new tokens {k.shape[1]}, got {v.shape[1]}")
     if k.shape[1] > C:
         raise ValueError(f"pygpt.{op}: cannot append {k.shape[1]} tokens at once to a cache of {C} slots")
 
@@ -144,6 +149,8 @@ def rope_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_c
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3] or q.shape[2] % k.shape[2]:
         raise ValueError(f"pygpt.{op}: q must have shape (B, Tn, H, D) matching k {tuple(k.shape)} with H a "
                          f"multiple of {k.shape[2]}, got {tuple(q.shape)}")
+    if q.shape[2] == 0 or q.shape[3] == 0:
+        raise ValueError(f"pygpt.{op}: q must have at least one head and head_dim > 0, got {tuple(q.shape)}")
     if q.stride(-1) != 1:
         raise ValueError(f"pygpt.{op}: q's last dimension must be contiguous")
     if rope and q.shape[-1] % 2:

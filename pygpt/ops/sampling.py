@@ -144,7 +144,8 @@ def _rows(value: Param, B: int, V: int, dtype: torch.dtype, device: torch.device
         if value.dtype == dtype and value.shape == (B,) and value.is_contiguous():
             return value  # as the op takes it (a top_k >= V means no top-k to every kernel)
         if dtype == torch.int32:
-            value = value.clamp(max=min(V, _INT32_MAX))  # >= V means no top-k, so this keeps the meaning
+            # >= V means no top-k, so the upper clamp keeps the meaning; a negative one stays negative (an error)
+            value = value.clamp(min=-1, max=min(V, _INT32_MAX))
         return value.to(dtype).expand(B).contiguous()
     if dtype == torch.int32:
         value = min(int(value), V, _INT32_MAX)
