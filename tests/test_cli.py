@@ -49,6 +49,28 @@ def test_train_keeps_an_existing_run_and_resume_errors(trained, tiny_text, tmp_p
     assert main(["train", "--data", str(tiny_text), "--out", str(out), *TINY_RUN, "--overwrite"]) == 0
 
 
+def test_ctrl_c_stops_training_at_a_step_and_saves_last(tiny_text, tmp_path):
+    """A first Ctrl-C ends training after the current step with out_dir/last saved (resumable), exit 130."""
+    import json
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [shutil.which("pygpt"), "train", "--data", str(tiny_text), "--out", str(out), *TINY_RUN]
+    args[args.index("6")] = "1000000"  # --max-iters: only the interrupt ends it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "last" / "trainer_state.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the step-0 eval saved last: the loop is running
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted: stopping after this step" in stderr and "--resume` continues" in stdout
+    step = json.loads((out / "last" / "config.json").read_text())["metadata"]["step"]
+    assert step > 0 and f"stopped after {step} steps (interrupted)" in stdout
+
+
 def test_train_on_too_little_text_is_a_clear_error(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("to be or not to be, that is the question\n" * 2)

@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         elif result.full_val is not None:
             print(result.full_val)
         print(f"best checkpoint: {Path(cfg.train.out_dir) / 'best'}")
+        if result.stopped_because == "interrupted":
+            print(f"interrupted: `pygpt train ... --resume` continues from {Path(cfg.train.out_dir) / 'last'}")
+            return 130
     return 0
 
 

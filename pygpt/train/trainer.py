@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -112,6 +115,7 @@ class Trainer:
         self.last_eval_step = -1
         self._start_time: float | None = None
         self._seconds_before = 0.0  # training time of the run this one resumed (its clock goes on from there)
+        self._interrupted = False
         self.history: list[dict] = []
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -268,14 +272,61 @@ class Trainer:
         start_time = time.perf_counter() - self._seconds_before  # a resumed run's clock goes on
         self._start_time = start_time
         stop_step = cfg.max_iters if stop_after is None else min(cfg.max_iters, self.step + stop_after)
-        stopped_because = "max_iters"
         self.train_model.train()
+        self._interrupted = False
+        with self._ctrl_c_stops_at_a_step():
+            stopped_because = self._loop(writer, progress, start_time, stop_step)
+        if stop_after is not None and self.step == stop_step and stop_step < cfg.max_iters:
+            stopped_because = "stop_after"
+        train_seconds = time.perf_counter() - start_time
+        if progress is not None:
+            progress.close()
+        self.save("last", with_state=True)
+        result = TrainResult(self.step, self.best_val, self.best_step, train_seconds, self.seconds_to_best,
+                             stopped_because=stopped_because, history=self.history)
+        if cfg.full_val and self.is_main and stopped_because not in ("stop_after", "interrupted"):
+            result.full_val = self.score_best()
+            if writer is not None:
+                writer.add_scalar("full_val/loss", result.full_val.loss, self.step)
+                writer.add_scalar("full_val/top5", result.full_val.top5, self.step)
+        if writer is not None:
+            writer.close()
+        self._fire("on_train_end", result=result)
+        return result
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops_at_a_step(self):
+        """While fit runs (one process, main thread): a first Ctrl-C stops the loop after the current step, which
+        then saves out_dir/last as any stop does (an interrupt inside an optimizer step would leave weights that
+        match no step); a second one interrupts at once."""
+        if self.distributed or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            print("\ninterrupted: stopping after this step and saving out_dir/last (Ctrl-C again to quit now)",
+                  file=sys.stderr, flush=True)
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _loop(self, writer, progress, start_time: float, stop_step: int) -> str:
+        """The training loop proper; returns why it stopped."""
+        cfg = self.cfg
+        stopped_because = "max_iters"
         while True:
             due = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
             if due and self.step != self.last_eval_step:  # (a resumed run doesn't redo its last eval)
                 stopped_because = self._evaluate(writer, start_time) or stopped_because
             if self.step >= stop_step:
                 break
+            if self._interrupted:
+                return "interrupted"
             if self._agree_to_stop(self.should_stop or stopped_because != "max_iters" or (
                     cfg.time_limit and time.perf_counter() - start_time > cfg.time_limit)):
                 if stopped_because == "max_iters":
@@ -292,23 +343,7 @@ class Trainer:
                 writer.add_scalar("loss/train", loss, self.step)
                 writer.add_scalar("lr", self.lr_at(self.step), self.step)
             self._fire("on_step_end", step=self.step, loss=loss)
-        if stop_after is not None and self.step == stop_step and stop_step < cfg.max_iters:
-            stopped_because = "stop_after"
-        train_seconds = time.perf_counter() - start_time
-        if progress is not None:
-            progress.close()
-        self.save("last", with_state=True)
-        result = TrainResult(self.step, self.best_val, self.best_step, train_seconds, self.seconds_to_best,
-                             stopped_because=stopped_because, history=self.history)
-        if cfg.full_val and self.is_main and stopped_because != "stop_after":
-            result.full_val = self.score_best()
-            if writer is not None:
-                writer.add_scalar("full_val/loss", result.full_val.loss, self.step)
-                writer.add_scalar("full_val/top5", result.full_val.top5, self.step)
-        if writer is not None:
-            writer.close()
-        self._fire("on_train_end", result=result)
-        return result
+        return stopped_because
 
     def _train_step(self) -> float:
         for group in self.optimizer.param_groups:
