@@ -341,7 +341,7 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss:.4f}", best_val=f"{self.best_val:.4f}")
             if writer is not None and self.step % 10 == 0:
                 writer.add_scalar("loss/train", loss, self.step)
-                writer.add_scalar("lr", self.lr_at(self.step), self.step)
+                writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)  # (the step just taken)
             self._fire("on_step_end", step=self.step, loss=loss)
         return stopped_because
 
