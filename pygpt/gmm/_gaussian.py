@@ -43,11 +43,13 @@ class DegenerateCovarianceError(ValueError):
     """A covariance matrix is not positive definite (collapsed component, duplicate points)."""
 
 
-def _degenerate_message(what: str) -> str:
+def _degenerate_message(what: str, dtype: torch.dtype) -> str:
+    hint = (" In float32 (the CUDA default) this also happens to well-posed data whose features are nearly "
+            "collinear: fit with dtype=torch.float64." if dtype == torch.float32 else "")
     return (
         f"{what} is not positive definite: a component collapsed onto too few distinct points "
         "(duplicate points, or more components than the data supports). Increase reg_covar "
-        "or decrease n_components."
+        "or decrease n_components." + hint
     )
 
 
@@ -59,11 +61,11 @@ def precision_cholesky(cov: torch.Tensor, cov_type: str) -> torch.Tensor:
         if bool((info != 0).any()):
             bad = torch.nonzero(info.reshape(-1)).reshape(-1).tolist()
             what = "The tied covariance" if cov_type == "tied" else f"The covariance of component(s) {bad}"
-            raise DegenerateCovarianceError(_degenerate_message(what))
+            raise DegenerateCovarianceError(_degenerate_message(what, cov.dtype))
         eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(L)
         return torch.linalg.solve_triangular(L, eye, upper=False).mT.contiguous()
     if not bool((cov > 0).all()):
-        raise DegenerateCovarianceError(_degenerate_message("A variance"))
+        raise DegenerateCovarianceError(_degenerate_message("A variance", cov.dtype))
     return torch.rsqrt(cov)
 
 

@@ -39,6 +39,14 @@ def _sq_dist_t(Xt: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor) -> torch.T
     return d.add_(x_sq).clamp_(min=0.0)
 
 
+def centred(Xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Xt - mean, mean (D, 1)) for Xt (D, N), the mean taken in float64. Distances as ||c||^2 - 2 c.x lose the
+    digits that tell centres apart when the data sit far from the origin (in float32, the CUDA default, data at
+    +300 with spread 0.01 all went to one cluster): k-means works on centred data, as scikit-learn's does."""
+    mean = Xt.to(torch.float64).mean(1, keepdim=True).to(Xt.dtype)
+    return Xt - mean, mean
+
+
 def _assign_t(
     Xt: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor, step: int, need_dist: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -163,6 +171,7 @@ class KMeans:
             raise ValueError(f"n_samples={N} must be >= n_clusters={K}")
         device, dtype = Xt.device, Xt.dtype
         gen = make_generator(self.random_state)
+        Xt, mean = centred(Xt)
         x_sq = (Xt * Xt).sum(0)
         step = chunk_rows(N, K, self.chunk_size, device)
         # Scale-free tolerance: relative to the average per-feature variance.
@@ -175,6 +184,7 @@ class KMeans:
                 centres = as_2d_tensor(explicit, name="init", device=device, dtype=dtype, n_features=D)
                 if centres.shape[0] != K:
                     raise ValueError(f"init must have shape (n_clusters={K}, {D}); got {tuple(centres.shape)}")
+                centres = centres - mean.mT
             elif self.init == "k-means++":
                 centres, _ = kmeans_plusplus(Xt, K, sub)
             else:
@@ -191,7 +201,8 @@ class KMeans:
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        self.cluster_centers_ = centres.cpu().numpy()
+        self.cluster_centers_ = (centres + mean.mT).cpu().numpy()
+        self._mean = mean.mT.cpu()  # (1, D): predict centres its data the same way
         self.labels_ = labels.cpu().numpy()
         self.inertia_ = inertia
         self.n_iter_ = n_iter
@@ -246,8 +257,9 @@ class KMeans:
         """Index of the nearest centre for each row of X (N, D): (N,) int64, numpy or tensor like X."""
         self._check_fitted()
         Xr = as_2d_tensor(X, device=self._device, dtype=self._dtype, n_features=self.n_features_in_)
-        c = torch.as_tensor(self.cluster_centers_).to(self._device, self._dtype)
-        Xt = Xr.mT.contiguous()
+        mean = getattr(self, "_mean", torch.zeros(1, self.n_features_in_)).to(self._device, self._dtype)
+        c = torch.as_tensor(self.cluster_centers_).to(self._device, self._dtype) - mean
+        Xt = (Xr - mean).mT.contiguous()
         step = chunk_rows(Xt.shape[1], c.shape[0], self.chunk_size, self._device)
         with cpu_threads(self.n_threads, self._device):
             labels, _ = _assign_t(Xt, c, (Xt * Xt).sum(0), step, need_dist=False)

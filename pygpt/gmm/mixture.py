@@ -35,7 +35,7 @@ from ._validation import (
     resolve_dtype,
     to_output,
 )
-from .kmeans import KMeans, _assign_t, kmeans_plusplus
+from .kmeans import KMeans, _assign_t, centred, kmeans_plusplus
 
 __all__ = ["GaussianMixture", "INIT_PARAMS", "COVARIANCE_TYPES"]
 
@@ -196,6 +196,7 @@ class GaussianMixture:
         """Initial responsibilities (K, N) per init_params, from Xt (D, N)."""
         N = Xt.shape[1]
         K = self.n_components
+        Xt = centred(Xt)[0]  # (the labels below don't depend on the origin; their float32 precision does)
         if self.init_params == "random":
             resp = rand((K, N), gen, Xt.device, Xt.dtype)
             return resp / resp.sum(0, keepdim=True)
@@ -265,6 +266,13 @@ class GaussianMixture:
         warm = bool(self.warm_start) and hasattr(self, "converged_")
         if warm and self.n_features_in_ != D:
             raise ValueError(f"X has {D} features, but the warm-started model has {self.n_features_in_}")
+        if warm:
+            shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
+            if np.shape(self.means_) != (K, D) or np.shape(self.precisions_cholesky_) != shape:
+                raise ValueError(f"warm_start: the fitted model has {np.shape(self.means_)[0]} components and "
+                                 f"precisions of shape {np.shape(self.precisions_cholesky_)}, but n_components="
+                                 f"{K}, covariance_type={self.covariance_type!r} need {shape}; set "
+                                 "warm_start=False to fit from scratch")
         with cpu_threads(self.n_threads, device):
             self._em(Xt, warm)
         return Xt
@@ -338,6 +346,14 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ inference
 
+    def _fitted_device(self) -> torch.device | None:
+        """Where the model was fitted, if that device exists here (a model fitted on a GPU and unpickled on a
+        CPU-only machine predicts on the CPU)."""
+        device = getattr(self, "_fit_device", None)
+        if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+            return None
+        return device
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "means_"):
             raise NotFittedError("This GaussianMixture instance is not fitted yet; call fit(X) first.")
@@ -345,7 +361,7 @@ class GaussianMixture:
     def _prepare(self, X: Any) -> tuple[torch.Tensor, G.Params]:
         self._check_fitted()
         # Compute where the model was fitted (outputs still follow X's type and device).
-        device = getattr(self, "_fit_device", None) or resolve_device(self.device, X)
+        device = self._fitted_device() or resolve_device(self.device, X)
         dtype = getattr(self, "_fit_dtype", None) or resolve_dtype(self.dtype, device)
         Xr = as_2d_tensor(X, device=device, dtype=dtype, n_features=self.n_features_in_)
         return G.transpose(Xr), self._current_params(device, dtype)
@@ -388,7 +404,7 @@ class GaussianMixture:
         """
         self._check_fitted()
         check_int("n_samples", n_samples, 1)
-        device = getattr(self, "_fit_device", None) or resolve_device(self.device)
+        device = self._fitted_device() or resolve_device(self.device)
         dtype = getattr(self, "_fit_dtype", None) or resolve_dtype(self.dtype, device)
         p = self._current_params(device, dtype)
         K, D = p.means.shape
