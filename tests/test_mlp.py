@@ -142,3 +142,22 @@ def test_cli_settings_are_checked_per_model(tiny_text):
         main(["train", "--model", "rnn", "--data", str(tiny_text)])
     with pytest.raises(SystemExit, match="block_size .* must be >= context"):
         main(["train", "--model", "mlp", "--data", str(tiny_text), "--set", "context=4", "--set", "block_size=2"])
+
+
+def test_text_window_defaults_past_the_context():
+    """On a text stream the MLP's window defaults to 128 tokens (with window = context, every target but one of a
+    window was predicted from a padded context); an explicit block_size and word lists keep theirs."""
+    from pygpt.commands.train import TEXT_WINDOW, build_model_config
+
+    assert build_model_config("mlp", 30, [], text=True).block_size == TEXT_WINDOW
+    assert build_model_config("mlp", 30, ["block_size=16"], text=True).block_size == 16
+    assert build_model_config("mlp", 30, ["context=200"], text=True).block_size == 200
+    words = build_model_config("mlp", 30, [], text=False)
+    assert words.block_size == words.context
+
+
+def test_too_short_word_list_is_a_clear_error(tmp_path):
+    short = tmp_path / "w5.txt"
+    short.write_text("emma\nolivia\nava\nisabella\nsophia\n")
+    with pytest.raises(SystemExit, match="5 words leave the dev split empty"):
+        main(["train", "--model", "mlp", "--data", str(short), "--out", str(tmp_path / "run")])

@@ -74,3 +74,13 @@ def test_smoothing():
     with pytest.raises(ValueError, match=r"smoothing weight must be in \[0, 1\)"):
         smooth([1.0], 1.0)
     assert torch.tensor(smooth([0.0, 10.0], 0.5)).tolist()[1] == pytest.approx(10 * 0.5 / 0.75)
+
+
+def test_diagnostics_on_a_gpt_and_on_a_model_without_nonlinearity(tmp_path, tiny_text, capsys):
+    """The GPT's MLP activation (a GELU module) is recorded; a bigram has none: a clear error, not a traceback."""
+    args = ["viz", "diagnostics", "--data", str(tiny_text), "--steps", "2", "--out", str(tmp_path)]
+    assert main([*args, "--model", "gpt", "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2",
+                 "--set", "block_size=16"]) == 0
+    assert "GELU" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--model bigram has no nonlinearity to record"):
+        main([*args, "--model", "bigram"])

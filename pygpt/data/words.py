@@ -74,6 +74,10 @@ def load_words(path: str | os.PathLike, seed: int = 42, train_fraction: float = 
     random.Random(seed).shuffle(words)
     n1 = int(train_fraction * len(words))
     n2 = int((train_fraction + dev_fraction) * len(words))
+    for name, size in (("train", n1), ("dev", n2 - n1), ("test", len(words) - n2)):
+        if size == 0:
+            raise ValueError(f"word list {path}: {len(words)} words leave the {name} split empty "
+                             f"({train_fraction:g} / {dev_fraction:g} / rest); use a longer list")
     return WordDataset(tokenizer, words[:n1], words[n1:n2], words[n2:], str(Path(path)))
 
 

@@ -55,15 +55,16 @@ class MLP(nn.Module):
         hidden = 4 * dim if kind == "gelu" else 8 * math.ceil(8 * dim / 3 / 8)
         self.up = nn.Linear(dim, hidden * (2 if kind == "swiglu" else 1), bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
+        self.act = nn.GELU() if kind == "gelu" else nn.SiLU()  # (a module, so diagnostics can hook its output)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
         if self.kind == "swiglu":
             gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = self.act(gate) * up
         else:
-            h = F.gelu(h)
+            h = self.act(h)
         return self.dropout(self.down(h))
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 SATURATION = 0.97   # |tanh(x)| above this counts as saturated
-NONLINEARITIES = (nn.Tanh, nn.LeakyReLU, nn.ReLU, nn.GELU, nn.Sigmoid)
+NONLINEARITIES = (nn.Tanh, nn.LeakyReLU, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
 BINS = 60
 
 
@@ -377,13 +377,16 @@ def run(args: argparse.Namespace) -> int:
             if args.model == "gpt":
                 cfg.model.vocab_size = vocab
             else:
-                cfg.model = build_model_config(args.model, vocab, model_sets)
+                cfg.model = build_model_config(args.model, vocab, model_sets, text=not isinstance(data, WordDataset))
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f"pygpt viz diagnostics: {err}") from None
         torch.manual_seed(cfg.train.seed)
         model = MODEL_TYPES[args.model][0](cfg.model)
         if not any(p.requires_grad for p in model.parameters()):
             raise SystemExit(f"pygpt viz diagnostics: --model {args.model} has nothing to train")
+        if not any(isinstance(m, NONLINEARITIES) for m in model.modules()):
+            raise SystemExit(f"pygpt viz diagnostics: --model {args.model} has no nonlinearity to record ("
+                             + ", ".join(t.__name__ for t in NONLINEARITIES) + "); try --model mlp")
         words = data if isinstance(data, WordDataset) else None
         trainer = Trainer(model, *training_streams(data), data.tokenizer, cfg.train,
                           **(word_trainer_args(words, cfg.train) if words else {}))
