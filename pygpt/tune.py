@@ -14,19 +14,23 @@ short trials on a CPU, ``--set eval_iters=10`` halves that.
 Invalid combinations (n_embd not a multiple of n_head, an odd head_dim under RoPE, anything GPTConfig rejects)
 are pruned before training with user attr ``invalid`` and a new trial is drawn; they do not count toward
 ``trials``. A trial that raises (out of memory, a non-finite loss, anything else) ends FAILED with its reason
-in user attr ``fail_reason`` and the study goes on.
+in user attr ``fail_reason`` and the study goes on. A Ctrl-C (the Trainer's clean stop, or a second Ctrl-C) ends
+the running trial FAILED with ``fail_reason`` "interrupted" and user attr ``interrupted``, and stops the study
+(``TuneResult.interrupted``; `pygpt tune` exits 130): running the same command again resumes it.
 
 Studies live in SQLite (default ``sqlite:///<out>/study.db``) and are resumed when the same storage and study
-name are given again (``load_if_exists``). ``jobs`` > 1 trains that many trials at once, in spawned processes
+name are given again (``load_if_exists``). Each study keeps its files in its own folder ``<out>/<study>`` (the
+study name, made safe as a folder name: ``study_dir``), so studies sharing ``<out>`` (and its study.db) don't
+overwrite each other's: Optuna numbers every study's trials from 0. ``jobs`` > 1 trains that many trials at once, in spawned processes
 that share the storage (each with cpu_count // jobs torch threads unless the base config sets ``threads``); on
 a CPU, parallel 1-thread trials also match a 1-thread final run's speed better than one 2-thread trial. Each trial
 records user attrs ``settings`` (what was sampled, plus derived values), ``worker`` (the process that ran it),
 ``config`` (its RunConfig.to_dict()), ``steps``, ``train_seconds``, ``best_val``,
 ``stopped_because``, ``n_params``, and for a finished trial ``full_val_loss`` / ``full_val_top5``. At the end
-the best config is written as ``<out>/best_config.json`` (RunConfig.to_dict() shape: ``pygpt train --config
-<out>/best_config.json``); it keeps the base config's budget (time_limit, max_iters, eval_interval), not the
-trial budget. The best trial's checkpoint stays in ``<out>/trials/<number>/best``; other trials' are deleted
-unless ``keep_checkpoints``.
+the best config is written as ``<out>/<study>/best_config.json`` (RunConfig.to_dict() shape: ``pygpt train
+--config <out>/<study>/best_config.json``, which trains into ``<out>/<study>/best_run``); it keeps the base
+config's budget (time_limit, max_iters, eval_interval), not the trial budget. The best trial's checkpoint stays
+in ``<out>/<study>/trials/<number>/best``; other trials' are deleted unless ``keep_checkpoints``.
 
 Optuna is optional (``pip install 'pygpt[tune]'``): this module imports it only when a study runs.
 
@@ -35,9 +39,11 @@ Search space file (--space FILE, JSON or TOML by its suffix)
   train.NAME) to one of:
     {"low": 1e-4, "high": 1e-2, "log": true}   a range: float or int after the setting's type
                                                ("type": "int" | "float" to force one); "step" optional
+                                               (whole for an int range); finite low < high
     {"choices": [64, 128, 256]}                categorical
     [64, 128, 256]                             the same, shorter
     4                                          fixed: applied to every trial, not searched
+  Choices and fixed values must have the setting's type (an int setting takes 2, not "2" or 2.0).
   Entries replace the built-in default space's entries of the same name and add new ones. Two reserved keys:
     "exclude": ["dropout", ...]   drop these from the space (they keep the base config's value)
     "inherit": false              start from an empty space instead of the default one
@@ -58,9 +64,11 @@ Search space file (--space FILE, JSON or TOML by its suffix)
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -95,6 +103,10 @@ RESERVED_KEYS = {"exclude", "inherit"}
 
 class OptunaMissing(ImportError):
     """Optuna is not installed (the message says how to install it)."""
+
+
+class TrialInterrupted(Exception):
+    """A Ctrl-C stopped the trial's training (the Trainer's clean stop): the trial fails and the study stops."""
 
 
 def require_optuna():
@@ -160,6 +172,22 @@ def _setting_name(key: str, known: dict) -> str:
     return name
 
 
+def _type_error(value: Any, like: Any) -> str | None:
+    """Why ``value`` cannot be given to a setting whose default is ``like`` (None: it can). Checked when the space
+    is read: a wrong type would otherwise fail every trial, only once its model or trainer is built."""
+    if isinstance(like, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(like, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(like, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return f"{value!r} is not finite"
+    else:
+        ok = not isinstance(like, str) or isinstance(value, str)
+    return None if ok else f"{value!r} is a {type(value).__name__}, the setting takes a {type(like).__name__}"
+
+
 def _param(name: str, spec: Any, like: Any) -> Param:
     def fail(message: str):
         raise ValueError(f"space: {name}: {message}")
@@ -169,6 +197,8 @@ def _param(name: str, spec: Any, like: Any) -> Param:
     if not isinstance(spec, dict):
         if not isinstance(spec, (bool, int, float, str)):
             fail(f"expected a range, a list of choices or a fixed value, got {spec!r}")
+        if (error := _type_error(spec, like)) is not None:
+            fail(f"fixed value {error}")
         return Param(name, "fixed", value=spec)
     unknown = set(spec) - {"low", "high", "log", "step", "type", "choices"}
     if unknown:
@@ -181,30 +211,40 @@ def _param(name: str, spec: Any, like: Any) -> Param:
             fail("'choices' must be a non-empty list")
         if any(not isinstance(c, (bool, int, float, str)) for c in choices):
             fail(f"choices must be numbers, strings or booleans, got {choices!r}")
+        for choice in choices:
+            if (error := _type_error(choice, like)) is not None:
+                fail(f"choice {error}")
         return Param(name, "categorical", choices=tuple(choices))
     if "low" not in spec or "high" not in spec:
         fail("a range needs both 'low' and 'high' (or give 'choices')")
     low, high = spec["low"], spec["high"]
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (low, high)):
         fail(f"low and high must be numbers, got {low!r}, {high!r}")
-    kind = spec.get("type")
-    if kind is None:
-        if isinstance(like, bool) or isinstance(like, str):
-            fail(f"a {type(like).__name__} setting takes choices, not a range")
-        kind = "int" if isinstance(like, int) else "float"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        fail(f"low and high must be finite, got {low!r}, {high!r}")
+    if isinstance(like, (bool, str)):
+        fail(f"a {type(like).__name__} setting takes choices, not a range")
+    kind = spec.get("type") or ("int" if isinstance(like, int) else "float")
     if kind not in ("int", "float"):
         fail(f"type must be 'int' or 'float', got {kind!r}")
-    log, step = bool(spec.get("log", False)), spec.get("step")
+    if kind == "float" and isinstance(like, int):
+        fail("an int setting cannot take type 'float' (its trials would get fractions)")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):  # (bool("false") is True)
+        fail(f"log must be true or false, got {log!r}")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         fail(f"an int range needs whole low and high, got {low!r}, {high!r}")
-    if low > high:
-        fail(f"low ({low}) > high ({high})")
+    if low >= high:
+        fail(f"low ({low}) must be below high ({high}) (a single value is given as a fixed value)")
     if log and low <= 0:
         fail(f"a log range needs low > 0, got {low}")
     if log and step is not None:
         fail("'log' and 'step' cannot be combined")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step)
+                             or step <= 0):
         fail(f"step must be a positive number, got {step!r}")
+    if kind == "int" and step is not None and not float(step).is_integer():
+        fail(f"an int range needs a whole step, got {step!r}")
     if kind == "int":
         return Param(name, "int", int(low), int(high), log, int(step) if step is not None else None)
     return Param(name, "float", float(low), float(high), log, float(step) if step is not None else None)
@@ -354,6 +394,12 @@ class _Monitor:
             self.cfg.eval_interval = max(1, round(expected / self.reports))
             self.calibrated = True
 
+    @staticmethod
+    def _last_eval(trainer) -> bool:
+        """Whether the trainer stops after this eval (a callback's stop, early stopping)."""
+        patience = trainer.cfg.patience
+        return bool(trainer.should_stop or (patience and trainer.evals_since_best >= patience))
+
     def on_eval(self, trainer, step: int, val_loss: float, improved: bool) -> None:
         if self.failure is not None or self.pruned is not None or step == 0:
             return  # (the untrained model's estimate says nothing about the settings)
@@ -366,6 +412,8 @@ class _Monitor:
             return
         self.reported.add(at)
         self.trial.report(val_loss, at)
+        if at >= self.reports or self._last_eval(trainer):
+            return  # the trial used its budget (or ends anyway): it is scored, not pruned
         if self.trial.should_prune():
             self.pruned = {"step": step, "report": at, "val": val_loss}
             self._stop(trainer)
@@ -381,24 +429,29 @@ class _Objective:
         max_iters = self.base.train.max_iters
         return apply_settings(
             self.base, settings, vocab_size=self.corpus.tokenizer.vocab_size, data=self.corpus.source,
-            out_dir=str(self.out_dir / "trials" / f"{number:04d}"), log_dir="", progress=False, full_val=True,
+            out_dir=str(trial_dir(self.out_dir, number)), log_dir="", progress=False, full_val=True,
             time_limit=float(self.trial_time), schedule_by_time=bool(self.trial_time),
             eval_interval=max(1, max_iters // self.reports))
 
     def __call__(self, trial) -> float:
         optuna = require_optuna()
-        settings = sample_settings(trial, self.space, self.base)
-        trial.set_user_attr("settings", settings)
         trial.set_user_attr("worker", self.worker)
         try:
-            cfg = self.trial_config(settings, trial.number)
-        except (ValueError, TypeError) as err:
-            trial.set_user_attr("invalid", str(err))
-            raise optuna.TrialPruned(f"invalid settings: {err}") from None
-        trial.set_user_attr("config", cfg.to_dict())
-        try:
+            settings = sample_settings(trial, self.space, self.base)  # (Optuna may reject an enqueued value)
+            trial.set_user_attr("settings", settings)
+            try:
+                cfg = self.trial_config(settings, trial.number)
+            except (ValueError, TypeError) as err:
+                trial.set_user_attr("invalid", str(err))
+                raise optuna.TrialPruned(f"invalid settings: {err}") from None
+            trial.set_user_attr("config", cfg.to_dict())
             return self._train(trial, cfg)
         except optuna.TrialPruned:
+            raise
+        except (TrialInterrupted, KeyboardInterrupt):
+            # Optuna records it FAILED (it has no other state for it); trial_kind tells it from a failure.
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", "interrupted")
             raise
         except Exception as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:1000])
@@ -434,6 +487,8 @@ class _Objective:
                            ("best_val", result.best_val if math.isfinite(result.best_val) else None),
                            ("best_step", result.best_step), ("stopped_because", result.stopped_because)):
             trial.set_user_attr(key, value)
+        if result.stopped_because == "interrupted":
+            raise TrialInterrupted("interrupted")
         if monitor.failure is not None:
             raise FloatingPointError(monitor.failure)
         if monitor.pruned is not None:
@@ -484,10 +539,12 @@ def open_study(storage: str, study_name: str, pruner, seed: int | None = None, r
 
 
 def trial_kind(trial) -> str:
-    """'complete', 'pruned', 'invalid', 'failed' or 'running'."""
+    """'complete', 'pruned', 'invalid', 'failed', 'interrupted' (by Ctrl-C: FAILED in Optuna) or 'running'."""
     state = trial.state.name
     if state == "PRUNED":
         return "invalid" if "invalid" in trial.user_attrs else "pruned"
+    if state == "FAIL" and trial.user_attrs.get("interrupted"):
+        return "interrupted"
     return {"COMPLETE": "complete", "FAIL": "failed"}.get(state, state.lower())
 
 
@@ -503,6 +560,8 @@ def describe_trial(trial, reports: int) -> str:
                 f"{p.get('val', float('nan')):.4f})")
     elif kind == "invalid":
         what = f"invalid draw, resampled ({attrs['invalid']})"
+    elif kind == "interrupted":
+        what = "interrupted (Ctrl-C): recorded as failed; the study stops"
     else:
         what = f"failed: {attrs.get('fail_reason', 'unknown reason')}"
     return f"trial {trial.number}: {what} | {params}"
@@ -523,7 +582,8 @@ def best_table(study, top: int = 5) -> str:
         counts[kind] = counts.get(kind, 0) + 1
     done = sorted((t for t in trials if trial_kind(t) == "complete"), key=lambda t: t.value)
     header = (f"study {study.study_name!r}: {len(trials)} trials ({counts['complete']} complete, "
-              f"{counts['pruned']} pruned, {counts['failed']} failed, {counts['invalid']} invalid draws)")
+              f"{counts['pruned']} pruned, {counts['failed']} failed, {counts['invalid']} invalid draws"
+              + (f", {counts['interrupted']} interrupted)" if counts.get("interrupted") else ")"))
     if not done:
         return header + "\nno complete trial yet"
     names: list[str] = []
@@ -568,6 +628,8 @@ class TuneResult:
     best_config: RunConfig | None
     best_config_path: Path | None
     trials: list = field(default_factory=list)   # the trials this process ran (FrozenTrial), invalid draws included
+    study_dir: Path | None = None                # out_dir/<study>: trials/<number>/, best_config.json, best_run/
+    interrupted: bool = False                    # a Ctrl-C stopped this call (run it again to resume the study)
 
 
 @dataclass
@@ -578,7 +640,7 @@ class _Run:
     params: dict[str, Param]
     corpus: Corpus
     trial_time: float
-    out: Path
+    out: Path              # the study's folder (study_dir)
     reports: int
     storage: str
     study_name: str
@@ -606,8 +668,8 @@ def _optimize(run: _Run, worker: int = 0, log: Callable[[str], None] = print) ->
     def trained_enough() -> bool:
         if run.trials is None:
             return False
-        trained = [t for t in study.get_trials(deepcopy=False)
-                   if t.number >= run.first_number and t.state.is_finished() and trial_kind(t) != "invalid"]
+        trained = [t for t in study.get_trials(deepcopy=False) if t.number >= run.first_number
+                   and t.state.is_finished() and trial_kind(t) not in ("invalid", "interrupted")]
         return len(trained) >= run.trials
 
     def after_trial(study, trial) -> None:
@@ -625,10 +687,10 @@ def _optimize(run: _Run, worker: int = 0, log: Callable[[str], None] = print) ->
         if not run.keep_checkpoints:
             # Keep the best trial's `best` checkpoint only (the end of the study sweeps what a later best
             # supersedes).
-            trial_dir = run.out / "trials" / f"{trial.number:04d}"
-            shutil.rmtree(trial_dir / "last" if _best_number(study) == trial.number else trial_dir,
-                          ignore_errors=True)
-        if trained_enough():
+            folder = trial_dir(run.out, trial.number)
+            shutil.rmtree(folder / "last" if _best_number(study) == trial.number else folder, ignore_errors=True)
+        # A Ctrl-C (here, or in another worker: then this one stops after its running trial) ends the study.
+        if trained_enough() or _interrupted(study, run.first_number):
             study.stop()
 
     if trained_enough():  # a worker that started late: the others have done the work
@@ -644,7 +706,10 @@ def _worker_main(run: _Run, worker: int) -> None:
     """Entry point of a spawned worker process."""
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    _optimize(run, worker, log=lambda line: print(f"[worker {worker}] {line}", flush=True))
+    try:
+        _optimize(run, worker, log=lambda line: print(f"[worker {worker}] {line}", flush=True))
+    except KeyboardInterrupt:  # (Ctrl-C reaches every worker; its trial is recorded as interrupted)
+        pass
 
 
 def _run_workers(run: _Run, jobs: int, log: Callable[[str], None]) -> list:
@@ -671,13 +736,39 @@ def _run_workers(run: _Run, jobs: int, log: Callable[[str], None]) -> list:
 
 
 def _sweep_checkpoints(study, out: Path) -> None:
-    """Delete the checkpoints of every finished trial but the best one."""
+    """Delete the checkpoints of every finished trial of ``study`` but the best one (``out``: its study_dir)."""
     best = _best_number(study)
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    for trial_dir in sorted((out / "trials").glob("[0-9]*")):
-        number = int(trial_dir.name) if trial_dir.name.isdigit() else None
+    for folder in sorted((out / "trials").glob("[0-9]*")):
+        number = int(folder.name) if folder.name.isdigit() else None
         if number in finished and number != best:
-            shutil.rmtree(trial_dir, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def study_dir(out_dir: str | Path, study_name: str) -> Path:
+    """The folder of one study's files, out_dir/<study name>: studies sharing out_dir (and its study.db) keep
+    their trials apart, as Optuna numbers every study's trials from 0. A name that is not a plain folder name
+    (a '/', a leading '.', ...) gets its odd characters replaced and a hash of it appended (distinct names,
+    distinct folders)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
+    if name != study_name or name.startswith(".") or not name:
+        name = f"{name.lstrip('.')}-{hashlib.sha1(study_name.encode()).hexdigest()[:8]}"
+    return Path(out_dir) / name
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    """A trial's out_dir (its `best` and `last` checkpoints) in its study's folder ``out``."""
+    return out / "trials" / f"{number:04d}"
+
+
+def default_storage(out_dir: str | Path) -> str:
+    """The SQLite file of the studies whose files are in out_dir (each in its study_dir)."""
+    return f"sqlite:///{Path(out_dir) / 'study.db'}"
+
+
+def _interrupted(study, first_number: int) -> bool:
+    """Whether a trial numbered from ``first_number`` on (one of this call's) was interrupted by Ctrl-C."""
+    return any(t.number >= first_number and trial_kind(t) == "interrupted" for t in study.get_trials(deepcopy=False))
 
 
 def tune(base: RunConfig, space: dict | None = None, *, trials: int | None = None, timeout: float | None = None,
@@ -690,7 +781,9 @@ def tune(base: RunConfig, space: dict | None = None, *, trials: int | None = Non
     docstring. ``space`` is a space-file mapping (None: the default space); ``enqueue`` forces the settings of
     the next trials (Optuna's enqueue_trial). ``jobs`` trials train at once, in that many processes sharing the
     storage, each with cpu_count // jobs threads unless the base config sets ``threads``. Returns the study, the
-    table, and the best config (also written to out_dir/best_config.json)."""
+    table, and the best config (also written to out_dir/<study>/best_config.json: see study_dir). A Ctrl-C stops
+    the study after recording the running trial as interrupted (``interrupted`` in the result); a second one, or
+    one outside training, raises KeyboardInterrupt. Either way the same call resumes the study."""
     optuna = require_optuna()
     if trials is None and timeout is None:
         raise ValueError("give trials and/or timeout")
@@ -699,13 +792,13 @@ def tune(base: RunConfig, space: dict | None = None, *, trials: int | None = Non
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     params = parse_space(space)
-    out = Path(out_dir)
+    out = study_dir(out_dir, study_name)
     out.mkdir(parents=True, exist_ok=True)
     if corpus is None:
         from pygpt.data import load_corpus
 
         corpus = load_corpus(base.train.data)
-    storage = storage or f"sqlite:///{out / 'study.db'}"
+    storage = storage or default_storage(out_dir)  # (shared by the studies in out_dir)
     if jobs > 1 and storage.startswith("sqlite:///:memory:"):
         raise ValueError("jobs > 1 needs a storage the worker processes share (an SQLite file, a database URL)")
     trial_base = base
@@ -738,7 +831,7 @@ def tune(base: RunConfig, space: dict | None = None, *, trials: int | None = Non
     if cfg is not None:
         path = out / "best_config.json"
         path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return TuneResult(study, table, cfg, path, ran)
+    return TuneResult(study, table, cfg, path, ran, study_dir=out, interrupted=_interrupted(study, before))
 
 
 def _best_number(study) -> int | None:

@@ -131,13 +131,28 @@ def test_generate_num_samples_and_min_p(trained, capsys):
         main([*args, "--num-samples", "0"])
 
 
-def test_generate_rejects_unknown_characters(trained):
+def test_generate_rejects_unknown_characters(trained, capsys):
     with pytest.raises(SystemExit, match="character 'Z'.*not in the vocabulary"):
         main(["generate", "--checkpoint", str(trained), "--prompt", "the Z"])
+    assert capsys.readouterr().out == ""  # nothing echoed before the error
+
+
+def test_bench_on_a_classic_model(tmp_path, tiny_text, capsys):
+    """The classic models have no KV cache: bench times their recompute loop alone (it crashed on num_params)."""
+    out = tmp_path / "bigram"
+    assert main(["train", "--model", "bigram", "--data", str(tiny_text), "--out", str(out), "--max-iters", "2",
+                 "--no-progress", "--set", "log_dir="]) == 0
+    capsys.readouterr()
+    assert main(["bench", "generate", "--checkpoint", str(out / "best"), "--tokens", "20"]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split()[0] for line in text.splitlines()[1:]]
+    assert "parameter bigram (no KV cache: no-cache only)" in text and rows == ["no-cache"]
+    with pytest.raises(SystemExit, match="--tokens must be >= 1"):
+        main(["bench", "generate", "--tokens", "0"])
 
 
 def test_generate_rejects_bad_length(trained):
-    with pytest.raises(SystemExit, match="max_new_tokens must be > 0"):
+    with pytest.raises(SystemExit, match="--length must be >= 1, got 0"):
         main(["generate", "--checkpoint", str(trained), "--length", "0"])
 
 

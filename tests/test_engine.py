@@ -105,6 +105,25 @@ def test_text_streaming_stop_and_seed():
     assert [len(t) for t in batch] == [10, 10]
 
 
+def test_arguments_are_checked_at_the_call_and_stop_strings():
+    """Errors come when generate is called, not at the first next(); an empty stop string is an error (it ended
+    every text after one character); a stop string is matched in the generated text only."""
+    tok = CharTokenizer("abcdefghijklmnopqrs\n")
+    engine = Engine(_model(), tok)
+    with pytest.raises(ValueError, match="max_new_tokens must be > 0"):
+        engine.stream("abc", 0)  # no next() needed
+    with pytest.raises(ValueError, match="token id 20 is outside the vocabulary \\[0, 20\\)"):
+        engine.generate_ids([[1, 20]], 5)
+    with pytest.raises(ValueError, match="stop must be a non-empty string"):
+        engine.generate(["abc"], 5, stop="")
+    free = engine.generate(["abc", "de"], 40, temperature=1.0, seed=3)
+    stop = free[0][10:12]
+    cut = engine.generate(["abc" + stop, "de"], 40, temperature=1.0, seed=3, stop=stop)
+    first = engine.generate(["abc" + stop, "de"], 40, temperature=1.0, seed=3)
+    for text, full in zip(cut, first):  # each row cut right after the stop string's first appearance, if any
+        assert text == (full[:full.index(stop) + len(stop)] if stop in full else full)
+
+
 def test_min_p_reaches_the_sampler():
     """min_p near 1 keeps only the most likely token: sampling at temperature 1 is then greedy decoding."""
     tok = CharTokenizer("abcdefghijklmnopqrs\n")
@@ -167,16 +186,15 @@ def test_gpu_cuda_graph_replays_the_eager_decode_step(pos):
 @pytest.mark.parametrize("kw", [dict(n_embd=36, n_head=4, n_kv_head=2, pos="learned"), dict(dtype=torch.float64)])
 def test_gpu_engine_without_a_decode_kernel_does_not_capture(kw):
     """An odd head_dim (9) or a float64 model decodes on the reference (which reads the counters on the host):
-    the engine must run it eagerly, with the same ids as without a graph."""
-    dtype = kw.pop("dtype", None)
-    model = _model(**kw).cuda()
-    if dtype is not None:
-        model = model.to(dtype)
-    engine = Engine(model, amp=False)
+    the engine must run it eagerly (a capture failed), greedy ids as the same model's on the CPU."""
+    kw = dict(kw)
+    dtype = kw.pop("dtype", torch.float32)
+    model = _model(**kw).to(dtype)
+    on_cpu = torch.stack(list(Engine(model, amp=False).generate_ids([[1, 2, 3]], 20, temperature=0)))
+    engine = Engine(model.cuda(), amp=False)
     assert not engine._decode_has_gpu_kernel()
     ids = torch.stack(list(engine.generate_ids([[1, 2, 3]], 20, temperature=0)))
-    assert torch.equal(ids, torch.stack(list(Engine(model, amp=False, cuda_graph=False)
-                                             .generate_ids([[1, 2, 3]], 20, temperature=0))))
+    assert torch.equal(ids.cpu(), on_cpu)
 
 
 # -- the engine's CUDA recipe (bf16 autocast, precast weights, launch count), checked on CPU ------------------

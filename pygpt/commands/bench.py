@@ -30,10 +30,16 @@ def run(args: argparse.Namespace) -> int:
     from pygpt.infer import Engine
     from pygpt.train import load_checkpoint, resolve_device
 
+    if args.tokens < 1:
+        raise SystemExit(f"pygpt bench: --tokens must be >= 1, got {args.tokens}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device=device)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"pygpt bench: {err}") from None
+    gpt = getattr(ckpt.model, "model_type", None) == "gpt"
     modes = {"no-cache": dict(use_cache=False, cuda_graph=False), "cache": dict(use_cache=True, cuda_graph=False),
              "cache-unfused": dict(use_cache=True, cuda_graph=False, fused=False),
              "cache+compile": dict(use_cache=True, cuda_graph=False, compile=True)}
@@ -47,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"pygpt bench: unknown --modes {unknown} on {device.type} (choose from {list(modes)})")
         modes = {m: modes[m] for m in args.modes.split(",")}
     cfg = ckpt.model.config
-    print(f"generate on {device_name(device)}: {ckpt.model.num_params():,}-parameter GPT ({cfg.n_layer} layers, "
-          f"{cfg.n_embd} dims, block {cfg.block_size}), batch 1, {args.tokens} tokens, T 0.8, top-k 10")
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
+    if gpt:
+        what = f"{n_params:,}-parameter GPT ({cfg.n_layer} layers, {cfg.n_embd} dims, block {cfg.block_size})"
+    else:  # the classic models have no KV cache: every mode would time the same recompute loop
+        what = f"{n_params:,}-parameter {ckpt.model.model_type} (no KV cache: no-cache only)"
+        modes = {"no-cache": modes.get("no-cache", dict(use_cache=False, cuda_graph=False))}
+    print(f"generate on {device_name(device)}: {what}, batch 1, {args.tokens} tokens, T 0.8, top-k 10")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for name, options in modes.items():
         engine = Engine(ckpt.model, ckpt.tokenizer, **options)

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if args.length < 1:
+            raise ValueError(f"--length must be >= 1, got {args.length}")
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
         engine = Engine(ckpt.model, ckpt.tokenizer, use_cache=not args.no_cache, cuda_graph=not args.no_cuda_graph,
@@ -47,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
         sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         seed=args.seed, stop=args.stop)
         if args.num_samples == 1:
+            pieces = engine.stream(args.prompt, args.length, **sampling)  # checks the prompt before it is echoed
             sys.stdout.write(args.prompt)
-            for piece in engine.stream(args.prompt, args.length, **sampling):
+            for piece in pieces:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         else:

@@ -1,9 +1,10 @@
 """`pygpt tune`: hyper-parameter search over the trainer with Optuna (TPE, multivariate): model and trainer
 settings, every trial trained for the same --trial-time seconds and scored by its full-val loss, poor trials
 pruned from their val estimates (median or Hyperband), the study kept in SQLite and resumed when run again with
-the same --storage/--study. Ends with a table of the best trials and OUT/best_config.json, which
-`pygpt train --config OUT/best_config.json` trains (with the base config's budget). Needs Optuna:
-pip install 'pygpt[tune]'."""
+the same --storage/--study. Each study keeps its files in OUT/STUDY (trial checkpoints in OUT/STUDY/trials), so
+studies can share OUT. Ends with a table of the best trials and OUT/STUDY/best_config.json, which
+`pygpt train --config OUT/STUDY/best_config.json` trains (with the base config's budget). Ctrl-C stops the study
+(exit code 130); the same command resumes it. Needs Optuna: pip install 'pygpt[tune]'."""
 
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train N trials at once, in N processes sharing the storage (default 1); each gets "
                              "cpu_count/N torch threads unless --set threads=K")
     parser.add_argument("--space", metavar="FILE", help="search space, JSON or TOML (format below)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db, shared by the "
+                        "studies in OUT)")
     parser.add_argument("--study", help="study name (default: tune-<config name>); an existing study is resumed")
     parser.add_argument("--data", help="training text file (default: Tiny Shakespeare)")
-    parser.add_argument("--out", default="out/tune", help="output directory (default: out/tune)")
+    parser.add_argument("--out", default="out/tune", help="output directory (default: out/tune); each study's "
+                        "files go to OUT/STUDY")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
                         help="pruner (default: median)")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pygpt.data import load_corpus
     from pygpt.train import load_config
-    from pygpt.tune import base_departures, base_settings, tune
+    from pygpt.tune import base_departures, base_settings, default_storage, trial_dir, tune
 
     overrides = list(args.set)
     for flag, key in ((args.data, "data"), (args.device, "device")):
@@ -101,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"tuning on {corpus.source} ({len(corpus.train_ids):,} train chars): study {study!r}, "
           f"{trials if trials is not None else 'unlimited'} trials of {args.trial_time:g} s"
           + (f", timeout {args.timeout:g} s" if args.timeout else ""))
+    resume = (f"interrupted: run the same command again to resume study {study!r} "
+              f"(kept in {args.storage or default_storage(args.out)})")
     try:
         result = tune(base, space, trials=trials, timeout=args.timeout, trial_time=args.trial_time,
                       storage=args.storage, study_name=study, out_dir=args.out, corpus=corpus, reports=args.reports,
@@ -109,14 +114,20 @@ def run(args: argparse.Namespace) -> int:
                       enqueue=[base_settings(params, base)] if args.enqueue_base else None)
     except ValueError as err:
         raise SystemExit(f"pygpt tune: {err}") from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a trial's training
+        print(f"\n{resume}")
+        return 130
     print()
     print(result.table)
     if result.best_config_path is None:
         print("no trial completed: no best config")
-        return 1
-    best = min((t for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
-               key=lambda t: t.value)
-    print(f"best config: {result.best_config_path} (trial {best.number}; checkpoint "
-          f"{Path(args.out) / 'trials' / f'{best.number:04d}' / 'best'})")
-    print(f"train it: pygpt train --config {result.best_config_path}")
-    return 0
+    else:
+        best = min((t for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
+                   key=lambda t: t.value)
+        print(f"best config: {result.best_config_path} (trial {best.number}; checkpoint "
+              f"{trial_dir(result.study_dir, best.number) / 'best'})")
+        print(f"train it: pygpt train --config {result.best_config_path}")
+    if result.interrupted:
+        print(resume)
+        return 130
+    return 0 if result.best_config_path is not None else 1

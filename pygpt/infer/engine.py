@@ -2,9 +2,10 @@
 decode attention + append in every layer, then the sampling op), streaming tokens as they come.
 
 With RoPE the cache is a ring buffer that keeps working once full: the oldest position is overwritten and
-generation goes on forever with a sliding window of block_size positions. With learned (or sinusoidal) absolute
-positions it cannot slide; past the window the engine recomputes the cropped context each step, as nanoGPT does,
-and says so once.
+generation goes on with a sliding window of block_size positions (for millions of tokens: positions enter
+RoPE's angles in float32, whose precision runs out near 2^24; the kernels stop with an error at 2^31). With
+learned (or sinusoidal) absolute positions it cannot slide; past the window the engine recomputes the cropped
+context each step, as nanoGPT does, and says so once.
 
 A decode step runs the GPT on fused ops (decoder.py: five ops a block instead of about twelve). On CUDA the step
 (forward, then sampling, whose RNG state lives on the device) is captured once in a CUDA graph and replayed: one
@@ -90,22 +91,31 @@ class Engine:
         return logits[:, -1]
 
     # -- ids in, ids out -----------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                      top_p: float = 1.0, seed: int | None = None, *, min_p: float = 0.0) -> Iterator[torch.Tensor]:
-        """Yield max_new_tokens batches of next ids (B,) after the prompts (lists of ids, lengths may differ).
-        Sampling as pygpt.ops.sample: temperature (0: greedy), top_k (0: off), top_p (1: off), min_p (0: off)."""
+        """An iterator of max_new_tokens batches of next ids (B,) after the prompts (lists of ids, lengths may
+        differ). Sampling as pygpt.ops.sample: temperature (0: greedy), top_k (0: off), top_p (1: off), min_p
+        (0: off). The arguments are checked here, before anything is generated (not at the first next())."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate: every prompt needs at least one token")
+        vocab_size = self.model.config.vocab_size
+        bad = next((i for p in prompts for i in p if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"generate: token id {bad} is outside the vocabulary [0, {vocab_size})")
         if max_new_tokens <= 0:
             raise ValueError(f"generate: max_new_tokens must be > 0, got {max_new_tokens}")
+        # The settings as the op's (B,) tensors, made once: a captured graph reads these very tensors.
+        settings = ops.sampling_rows(len(prompts), temperature, top_k, top_p, min_p, self.device)
+        return self._generate_ids(prompts, max_new_tokens, settings, seed)
+
+    @torch.inference_mode()
+    def _generate_ids(self, prompts: list[list[int]], max_new_tokens: int, settings: tuple[torch.Tensor, ...],
+                      seed: int | None) -> Iterator[torch.Tensor]:
         if self._precast is not None:
             self._precast.refresh()
         # The sampler's state lives on the device and the op advances it there, so a CUDA graph can hold the
         # sampling too: a graphed step is one replay, with nothing read back.
         rng_state = ops.make_rng_state(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
-        # The settings as the op's (B,) tensors, made once: a captured graph reads these very tensors.
-        settings = ops.sampling_rows(len(prompts), temperature, top_k, top_p, min_p, self.device)
         # On CUDA the op reports NaN logits as negative ids, checked later on the host (pygpt.ops.sampling);
         # the engine keeps the smallest id on the device, clamps what it feeds back (an id of -1 would fault in
         # the embedding), and reads it every CHECK_EVERY steps and at the end.
@@ -223,26 +233,34 @@ class Engine:
                top_p: float = 1.0, seed: int | None = None, stop: str | None = None, *,
                min_p: float = 0.0) -> Iterator[str]:
         """Stream the characters generated after ``prompt`` (one sequence); stops early at ``stop``."""
-        for texts in self.stream_batch([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, min_p=min_p):
-            yield texts[0]
+        return (texts[0] for texts in self.stream_batch([prompt], max_new_tokens, temperature, top_k, top_p, seed,
+                                                        stop, min_p=min_p))
 
     def stream_batch(self, prompts: list[str], max_new_tokens: int = 500, temperature: float = 1.0, top_k: int = 0,
                      top_p: float = 1.0, seed: int | None = None, stop: str | None = None, *,
                      min_p: float = 0.0) -> Iterator[list[str]]:
-        """Yield, per step, the new character of every sequence ('' once a sequence has hit ``stop``)."""
+        """An iterator of, per step, the new character of every sequence ('' once a sequence has generated
+        ``stop``, which is matched against the generated text only). Arguments are checked here."""
         tok = self.tokenizer
         if tok is None:
             raise ValueError("Engine: a tokenizer is needed to generate text")
+        if stop is not None and not stop:
+            raise ValueError("generate: stop must be a non-empty string (or None)")
         start = tok.encode("\n") if "\n" in tok.stoi else [0]
         encoded = [tok.encode(p) if p else start for p in prompts]
-        produced = ["" for _ in prompts]
-        done = [False] * len(prompts)
-        for next_ids in self.generate_ids(encoded, max_new_tokens, temperature, top_k, top_p, seed, min_p=min_p):
+        steps = self.generate_ids(encoded, max_new_tokens, temperature, top_k, top_p, seed, min_p=min_p)
+        return self._texts(steps, len(prompts), stop)
+
+    def _texts(self, steps: Iterator[torch.Tensor], B: int, stop: str | None) -> Iterator[list[str]]:
+        tails = ["" for _ in range(B)]  # the last len(stop) characters of each sequence, all stop needs
+        done = [False] * B
+        for next_ids in steps:
             pieces = []
             for b, i in enumerate(_host_ids(next_ids)):
-                piece = "" if done[b] else tok.decode([i])
-                produced[b] += piece
-                done[b] = done[b] or (stop is not None and produced[b].endswith(stop))
+                piece = "" if done[b] else self.tokenizer.decode([i])
+                if stop is not None and piece:
+                    tails[b] = (tails[b] + piece)[-len(stop):]
+                    done[b] = tails[b] == stop
                 pieces.append(piece)
             yield pieces
             if all(done):
@@ -250,10 +268,11 @@ class Engine:
 
     def generate(self, prompts: list[str], max_new_tokens: int = 500, **kwargs) -> list[str]:
         """The whole continuation of each prompt."""
-        out = ["" for _ in prompts]
+        out: list[list[str]] = [[] for _ in prompts]
         for pieces in self.stream_batch(prompts, max_new_tokens, **kwargs):
-            out = [o + p for o, p in zip(out, pieces)]
-        return out
+            for parts, piece in zip(out, pieces):
+                parts.append(piece)
+        return ["".join(parts) for parts in out]
 
 
 def write_stream(pieces: Iterator[str], file=sys.stdout) -> None:
