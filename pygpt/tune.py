@@ -21,14 +21,14 @@ the running trial FAILED with ``fail_reason`` "interrupted" and user attr ``inte
 Studies live in SQLite (default ``sqlite:///<out>/study.db``) and are resumed when the same storage and study
 name are given again (``load_if_exists``). Each study keeps its files in its own folder ``<out>/<study>`` (the
 study name, made safe as a folder name: ``study_dir``), so studies sharing ``<out>`` (and its study.db) don't
-overwrite each other's: Optuna numbers every study's trials from 0. ``jobs`` > 1 trains that many trials at once, in spawned processes
-that share the storage (each with cpu_count // jobs torch threads unless the base config sets ``threads``); on
-a CPU, parallel 1-thread trials also match a 1-thread final run's speed better than one 2-thread trial. Each trial
-records user attrs ``settings`` (what was sampled, plus derived values), ``worker`` (the process that ran it),
-``config`` (its RunConfig.to_dict()), ``steps``, ``train_seconds``, ``best_val``,
-``stopped_because``, ``n_params``, and for a finished trial ``full_val_loss`` / ``full_val_top5``. At the end
-the best config is written as ``<out>/<study>/best_config.json`` (RunConfig.to_dict() shape: ``pygpt train
---config <out>/<study>/best_config.json``, which trains into ``<out>/<study>/best_run``); it keeps the base
+overwrite each other's: Optuna numbers every study's trials from 0. ``jobs`` > 1 trains that many trials at
+once, in spawned processes that share the storage (each with cpu_count // jobs torch threads unless the base
+config sets ``threads``); on a CPU, parallel 1-thread trials also match a 1-thread final run's speed better than
+one 2-thread trial. Each trial records user attrs ``settings`` (what was sampled, plus derived values),
+``worker`` (the process that ran it), ``config`` (its RunConfig.to_dict()), ``steps``, ``train_seconds``,
+``best_val``, ``stopped_because``, ``n_params``, and for a finished trial ``full_val_loss`` / ``full_val_top5``.
+At the end the best config is written as ``<out>/<study>/best_config.json`` (RunConfig.to_dict() shape: ``pygpt
+train --config <out>/<study>/best_config.json``, which trains into ``<out>/<study>/best_run``); it keeps the base
 config's budget (time_limit, max_iters, eval_interval), not the trial budget. The best trial's checkpoint stays
 in ``<out>/<study>/trials/<number>/best``; other trials' are deleted unless ``keep_checkpoints``.
 
@@ -185,7 +185,7 @@ def _type_error(value: Any, like: Any) -> str | None:
             return f"{value!r} is not finite"
     else:
         ok = not isinstance(like, str) or isinstance(value, str)
-    return None if ok else f"{value!r} is a {type(value).__name__}, the setting takes a {type(like).__name__}"
+    return None if ok else f"{value!r} is not of the setting's type ({type(like).__name__})"
 
 
 def _param(name: str, spec: Any, like: Any) -> Param:

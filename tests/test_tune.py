@@ -1,6 +1,8 @@
 """`pygpt tune`: Optuna studies over tiny models on a tiny text (seconds each)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,15 +70,18 @@ def test_tiny_study_from_the_command_line_writes_a_loadable_best_config(tiny_tex
         assert t.user_attrs["full_val_loss"] == t.value
     best = min(done, key=lambda t: t.value)
 
-    path = out / "best_config.json"
+    path = out / "tune-lite" / "best_config.json"  # the study's own folder
     cfg = load_config(str(path))
     assert cfg.to_dict() == json.loads(path.read_text())
     assert cfg.train.lr == pytest.approx(best.params["lr"]) and cfg.model.n_embd == best.params["n_embd"]
     assert cfg.train.min_lr == pytest.approx(best.params["lr"] / 10)  # lite's min_lr/lr ratio
     assert cfg.train.time_limit == 1140.0  # the base's budget, not the trial's
     assert cfg.train.data == str(tiny_text.resolve())
-    assert (out / "trials" / f"{best.number:04d}" / "best").is_dir()  # the best trial's checkpoint is kept
-    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{best.number:04d}"]
+    assert cfg.train.out_dir == str(out / "tune-lite" / "best_run")
+    trials = out / "tune-lite" / "trials"
+    assert (trials / f"{best.number:04d}" / "best").is_dir()  # the best trial's checkpoint is kept
+    assert sorted(p.name for p in trials.iterdir()) == [f"{best.number:04d}"]
+    assert f"checkpoint {trials / f'{best.number:04d}' / 'best'}" in printed
 
 
 def test_pruning_stops_a_bad_trial_early(tiny_text, tmp_path):
@@ -237,7 +242,7 @@ def test_parallel_jobs_share_one_study_and_keep_only_the_best_checkpoint(tiny_te
     assert all(t.user_attrs["config"]["train"]["threads"] >= 1 for t in trials)  # cpu_count // 2 each
     assert "2 trials at a time" in lines[0]
     best = min(trials, key=lambda t: t.value).number
-    kept = sorted(p.name for p in (tmp_path / "out" / "trials").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "out" / "pygpt-tune" / "trials").iterdir())
     assert kept == [f"{best:04d}"]
     assert result.best_config_path.is_file()
 
@@ -258,3 +263,143 @@ def test_the_shipped_configs_load():
         assert parse_space(load_space(path))
     tuned = load_config(str(configs / "lite-tuned.json"))
     assert (tuned.model.n_layer, tuned.model.n_embd, tuned.train.time_limit) == (3, 160, 1140.0)
+
+
+def test_studies_sharing_an_out_folder_keep_their_files_apart(tiny_text, tmp_path):
+    # Both studies number their trials from 0 and share out/study.db; b's best is its trial 1, so a sweep of one
+    # trials/ folder would delete a's best checkpoint (trials/0000) and b's best_config.json would replace a's.
+    base = _base(tiny_text, max_iters=8)
+    a, _ = _tune(tiny_text, tmp_path, {"inherit": False, "lr": [3e-3]}, trials=1, study_name="a", base=base,
+                 pruner="none")
+    b, _ = _tune(tiny_text, tmp_path, {"inherit": False, "lr": [1e-7, 1e-2]}, trials=2, study_name="b", base=base,
+                 pruner="none", enqueue=[{"lr": 1e-7}, {"lr": 1e-2}])
+    out = tmp_path / "out"
+    assert _states(a.study) == [(0, "COMPLETE")] and [t.number for t in b.trials] == [0, 1]
+    assert min(b.trials, key=lambda t: t.value).number == 1
+    assert (a.best_config_path, b.best_config_path) == (out / "a" / "best_config.json", out / "b" / "best_config.json")
+    assert json.loads(a.best_config_path.read_text())["train"]["lr"] == 3e-3
+    assert json.loads(b.best_config_path.read_text())["train"]["lr"] == 1e-2
+    assert a.best_config.train.out_dir == str(out / "a" / "best_run")
+    a_best = json.loads((out / "a" / "trials" / "0000" / "best" / "config.json").read_text())
+    assert a_best["train"]["lr"] == 3e-3  # a's checkpoint, neither overwritten nor swept by b
+    assert sorted(p.name for p in (out / "b" / "trials").iterdir()) == ["0001"]
+
+    again, lines = _tune(tiny_text, tmp_path, {"inherit": False, "lr": [3e-3]}, trials=1, study_name="a", base=base,
+                         pruner="none")  # the same study again: resumed, in the same folder
+    assert any("resuming study 'a'" in line for line in lines) and [t.number for t in again.trials] == [1]
+    assert again.study_dir == out / "a" and again.best_config_path == a.best_config_path
+
+    from pygpt.tune import study_dir
+
+    odd = [study_dir(out, name) for name in ("x/y", "x_y", "..", "")]
+    assert len(set(odd)) == 4 and all(p.parent == out and not p.name.startswith(".") for p in odd)
+
+
+def _interrupt_trial(monkeypatch, number: int, at_step: int = 2) -> None:
+    """Trials train with a Trainer that gets a Ctrl-C (SIGINT) at step ``at_step`` of trial ``number``."""
+    import pygpt.train
+
+    class Trainer(pygpt.train.Trainer):
+        def fit(self, *args, **kwargs):
+            if Path(self.cfg.out_dir).name == f"{number:04d}":
+                self.add_callback("on_step_end", lambda trainer, step, loss: step == at_step
+                                  and os.kill(os.getpid(), signal.SIGINT))
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(pygpt.train, "Trainer", Trainer)
+
+
+def test_ctrl_c_stops_the_study_and_the_same_command_resumes_it(tiny_text, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("optuna")
+    from pygpt.cli import main
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"inherit": False, "lr": {"low": 1e-3, "high": 1e-2, "log": True}}))
+    argv = ["tune", "--config", "lite", "--data", str(tiny_text), "--space", str(space), "--trials", "3",
+            "--trial-time", "0", "--out", str(tmp_path / "out"), "--seed", "0", "--pruner", "none"]
+    for item in ["threads=1", "eval_iters=2", "batch_size=8", "block_size=16", "n_layer=1", "n_head=2",
+                 "n_embd=16", "warmup_iters=0", "max_iters=6"]:
+        argv += ["--set", item]
+    _interrupt_trial(monkeypatch, 1)
+    assert main(argv) == 130  # the Trainer's clean stop ends the study, not just the trial
+    printed = capsys.readouterr().out
+    assert "trial 1: interrupted" in printed and "1 interrupted" in printed
+    assert "interrupted: run the same command again to resume study 'tune-lite'" in printed
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    study = optuna.load_study(study_name="tune-lite", storage=storage)
+    assert _states(study) == [(0, "COMPLETE"), (1, "FAIL")]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+    assert study.trials[1].user_attrs["stopped_because"] == "interrupted"
+
+    assert main(argv) == 0  # the same command: resumed, 3 more trained trials
+    assert "resuming study 'tune-lite'" in capsys.readouterr().out
+    study = optuna.load_study(study_name="tune-lite", storage=storage)
+    assert _states(study) == [(0, "COMPLETE"), (1, "FAIL")] + [(n, "COMPLETE") for n in (2, 3, 4)]
+
+
+def test_a_second_ctrl_c_records_the_trial_as_interrupted(tiny_text, tmp_path, monkeypatch):
+    import pygpt.train
+
+    def fit(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pygpt.train.Trainer, "fit", fit)
+    from pygpt.tune import tune
+
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        tune(_base(tiny_text), {"inherit": False, "lr": [3e-3]}, trials=2, trial_time=0, storage=storage,
+             out_dir=tmp_path / "out", corpus=load_corpus(str(tiny_text)), log=lambda line: None)
+    (trial,) = optuna.load_study(study_name="pygpt-tune", storage=storage).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+
+
+def test_a_trial_that_used_its_budget_is_scored_not_pruned(tiny_text, tmp_path):
+    # The third trial trains 1 step (its max_iters): its only report is its last one (4/4), which it reaches
+    # with a worse val loss than the others had at 4/4 - the median pruner would prune it there.
+    space = {"inherit": False, "max_iters": [48, 1], "lr": [1e-2, 1e-7]}
+    enqueue = [{"max_iters": 48, "lr": 1e-2}, {"max_iters": 48, "lr": 1e-2}, {"max_iters": 1, "lr": 1e-7}]
+    result, _ = _tune(tiny_text, tmp_path, space, trials=3, prune_after=2, reports=4,
+                      base=_base(tiny_text, max_iters=48), enqueue=enqueue)
+    good1, good2, short = result.study.get_trials(deepcopy=False)
+    assert short.intermediate_values.keys() == {4} and short.intermediate_values[4] > good1.intermediate_values[4]
+    assert (good1.state.name, good2.state.name, short.state.name) == ("COMPLETE", "COMPLETE", "COMPLETE")
+    assert short.user_attrs["steps"] == 1 and short.user_attrs["full_val_loss"] == short.value
+
+
+def test_space_files_reject_bad_ranges_and_wrong_types(tmp_path):
+    (tmp_path / "inf.json").write_text('{"lr": {"low": 1e-3, "high": Infinity}}')
+    (tmp_path / "nan.json").write_text('{"lr": {"low": NaN, "high": 1e-2}}')
+    for name in ("inf.json", "nan.json"):
+        with pytest.raises(ValueError, match="space: lr: low and high must be finite"):
+            parse_space(load_space(tmp_path / name))
+    for bad, message in [({"lr": {"low": 1e-3, "high": 1e-2, "log": "false"}}, "lr: log must be true or false"),
+                         ({"n_layer": {"low": 1, "high": 4, "step": 0.5}}, "n_layer: an int range needs a whole step"),
+                         ({"n_layer": {"low": 1, "high": 4, "step": 1.5}}, "n_layer: an int range needs a whole step"),
+                         ({"n_layer": "2"}, r"n_layer: fixed value '2' is not of the setting's type \(int\)"),
+                         ({"n_layer": 2.0}, "n_layer: fixed value 2.0 is not"), ({"bias": 1}, "bias: fixed value 1"),
+                         ({"dropout": "0.1"}, "dropout: fixed value"), ({"pos": 1}, "pos: fixed value"),
+                         ({"n_embd": [16, "32"]}, "n_embd: choice '32' is not"),
+                         ({"lr": [1e-3, float("nan")]}, "lr: choice nan is not finite"),
+                         ({"lr": {"low": 1e-2, "high": 1e-2}}, "lr: low .* must be below high"),
+                         ({"lr": {"low": 1e-2, "high": 1e-3}}, "lr: low .* must be below high"),
+                         ({"n_layer": {"low": 1, "high": 4, "type": "float"}}, "n_layer: an int setting cannot"),
+                         ({"bias": {"low": 0, "high": 1, "type": "int"}}, "bias: a bool setting takes choices")]:
+        with pytest.raises(ValueError, match=message):
+            parse_space(bad)
+    ok = parse_space({"inherit": False, "dropout": 0, "n_layer": {"low": 1, "high": 5, "step": 2.0},
+                      "lr": {"low": 1e-3, "high": 1e-2, "log": False}, "bias": [True, False]})
+    assert ok["n_layer"].step == 2 and ok["dropout"].value == 0 and not ok["lr"].log
+
+
+def test_a_trial_whose_sampling_fails_records_why(tiny_text, tmp_path):
+    # An enqueued value outside the choices: Optuna's suggest raises (the trial fails, with its reason).
+    result, lines = _tune(tiny_text, tmp_path, {"inherit": False, "n_embd": [16, 32]}, trials=1,
+                          base=_base(tiny_text, max_iters=8), enqueue=[{"n_embd": 17}])
+    (trial,) = result.study.get_trials(deepcopy=False)
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"].startswith("ValueError: ")
+    assert "17" in trial.user_attrs["fail_reason"] and lines[-1].startswith("trial 0: failed: ValueError")
