@@ -110,6 +110,22 @@ def test_probe_leaves_the_model_untouched():
     assert [s.name for s in snapshot.activations] == ["hidden.2 (Tanh)"]
 
 
+def test_diagnose_moves_batchnorm_statistics_only_by_the_training_steps(tmp_path, tiny_text):
+    """The initial-loss forward and the probes run in train mode but must not count as batches: after diagnose
+    with 3 steps BatchNorm has seen exactly 3 (it saw 4: the initial-loss forward moved the statistics)."""
+    from pygpt.data import load_corpus
+    from pygpt.train import TrainConfig, Trainer
+    from pygpt.viz.diagnostics import diagnose
+
+    corpus = load_corpus(str(tiny_text))
+    model = BengioMLP(BengioMLPConfig(vocab_size=corpus.tokenizer.vocab_size, batchnorm=True, block_size=8))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), log_dir="", batch_size=8, max_iters=3, eval_interval=3,
+                      eval_iters=1, progress=False, full_val=False, time_limit=0, schedule_by_time=False)
+    diagnose(Trainer(model, corpus.train_ids, corpus.val_ids, corpus.tokenizer, cfg), 3)
+    tracked = [m.num_batches_tracked.item() for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert tracked and all(n == 3 for n in tracked)
+
+
 @pytest.mark.parametrize("settings, low, high", [
     (dict(init="naive"), 0.5, 1.0),
     (dict(init="kaiming"), 0.0, 0.15),

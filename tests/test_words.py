@@ -96,7 +96,19 @@ def test_evaluate_words_is_the_mean_over_makemore_examples(word_file):
     # Each example alone: the model reads its 3-token context and the last position's logits are the prediction.
     logits = model(X)[0][:, -1]
     expected = F.cross_entropy(logits, Y).item()
+    model.train()  # evaluate_words must score in eval mode (BatchNorm's running statistics) and give it back
     result = evaluate_words(model, words, ds.tokenizer, batch_size=3)
     assert result.loss == pytest.approx(expected, rel=1e-5) and result.n_targets == len(Y)
+    assert model.training
     x, y = padded_words(words, ds.tokenizer)
     assert (y == -100).sum() == x.numel() - len(Y)
+
+
+def test_gpt_block_size_shorter_than_a_word_is_a_clear_error(word_file, tmp_path):
+    from pygpt.cli import main
+
+    ds = load_words(word_file)
+    longest = max(len(w) for w in ds.train + ds.dev + ds.test)
+    with pytest.raises(SystemExit, match=f"longest word has {longest} characters.*block_size={longest + 1}"):
+        main(["train", "--data", str(word_file), "--out", str(tmp_path / "run"), "--set", f"block_size={longest}",
+              "--set", "pos=learned", "--max-iters", "2", "--no-progress"])

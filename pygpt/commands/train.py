@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not words:
             check_split_lengths(train_ids, val_ids, model.config.block_size)
+        elif args.model == "gpt":  # a batch is whole words: '.' + word (the inputs of word + '.')
+            longest = max(len(w) for w in words.train + words.dev + words.test)
+            if longest + 1 > model.config.block_size:
+                raise ValueError(f"the longest word has {longest} characters: a GPT on this word list needs "
+                                 f"--set block_size={longest + 1} or more (got {model.config.block_size})")
         if not (args.resume or args.overwrite) and any((out_dir / name).exists() for name in ("best", "last")):
             raise ValueError(f"{out_dir} already holds a run (best/, last/): --resume continues it, --overwrite "
                              "starts over and replaces it, --out DIR trains elsewhere")

@@ -326,7 +326,10 @@ def diagnose(trainer, steps: int) -> DiagnosticsReport:
     model = trainer.model
     x, y = trainer.train_sampler.get_batch()
     model.train()
-    first, uniform = initial_loss(model, x, y)
+    state = copy.deepcopy(model.state_dict())  # a forward in train mode moves BatchNorm's running statistics
+    with torch.no_grad():
+        first, uniform = initial_loss(model, x, y)
+    model.load_state_dict(state)
     init = probe(model, x, y, step=trainer.step)
     tracker = UpdateTracker(model, trainer.optimizer)
     try:
