@@ -78,11 +78,13 @@ def test_plots_are_written(tmp_path, tiny_text):
         assert sum(1 for count in image.histogram() if count) > 20  # not a blank canvas
 
 
-def test_viz_pe_command(tmp_path, tiny_text, capsys):
+def test_viz_pe_command(tmp_path, tiny_text, capsys, monkeypatch):
     from pygpt.cli import main
 
-    assert main(["viz", "pe", "--out", str(tmp_path), "--data", str(tiny_text), "--train-seconds", "1"]) == 0
+XX
+    assert main(["viz", "pe", "--out", str(tmp_path / "figs"), "--data", str(tiny_text), "--train-seconds", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]
     with pytest.raises(SystemExit, match="pos=learned"):
         from pygpt.data import CharTokenizer
         from pygpt.models import GPT, GPTConfig

@@ -91,8 +91,15 @@ def plot_learned(out: Path, table: torch.Tensor, source: str) -> list[Path]:
     return [_save(fig, out / "pe_learned.png")]
 
 
-def train_learned_model(data: str = "", seconds: float = 60.0, out_dir: str = "out/pe-learned"):
-    """A small GPT with learned positions trained for ``seconds`` (the default source of the learned plots)."""
+def train_learned_model(data: str = "", seconds: float = 60.0, out_dir: str | None = None):
+    """A small GPT with learned positions trained for ``seconds`` (the default source of the learned plots). Its
+    checkpoints go to ``out_dir``, by default a temporary directory (only the model is needed; it used to write
+    out/pe-learned wherever the command ran)."""
+    import tempfile
+
+    if out_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return train_learned_model(data, seconds, tmp)
     from pygpt.data import load_corpus
     from pygpt.models import GPT, GPTConfig
     from pygpt.train import TrainConfig, Trainer
