@@ -1,7 +1,5 @@
 """`pygpt sort`: minGPT's sorting demo. Trains a small GPT (with the Trainer) to read 6 digits from {0, 1, 2} and
-emit them sorted, then decodes every held-out sequence greedily and counts how many come out sorted.
-
-Not registered in pygpt/cli.py yet; run it as `python -m pygpt.commands.sort`."""
+emit them sorted, then decodes every held-out sequence greedily and counts how many come out sorted."""
 
 from __future__ import annotations
 
