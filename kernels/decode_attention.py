@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._dot import dot as _dot
+from ._dot import dot_f32
 from .kv_cache import advance_counters_triton
 
 LOG2E = 1.4426950408889634
@@ -262,7 +263,7 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         Hkv, C, Tn, groups, scale * LOG2E, chunk, nsplit,
         BLOCK_N=block_n, BLOCK_T=block_t, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_F32=_interpreting() and q.dtype == torch.bfloat16, FUSED=fused,
+        DOT_F32=dot_f32(q.dtype), FUSED=fused,
         num_warps=warps, **common)
     if not fused:
         _merge[(B * Hkv,)](

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._dot import dot as _dot
+from ._dot import dot_f32
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -262,11 +263,6 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _dot_f32(q: torch.Tensor) -> bool:
-    """Widen bf16 dot operands under the interpreter (see kernels/_dot.py)."""
-    return _interpreting() and q.dtype == torch.bfloat16
-
-
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, by head dim and dtype, for Hopper. Chosen so that no
 # kernel needs more shared memory than a block may have (227 KB) and none spills registers, as compiled ahead of
 # time for sm_90 by pygpt.triton_aot (`python -m pygpt.triton_aot --only attention` prints what each one costs).
@@ -336,7 +332,7 @@ def rope_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), scb,
                T, H, H // Hkv, scale * LOG2E,
                HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-               CAUSAL=causal, ROPE=rope, PRECISION=precision, DOT_F32=_dot_f32(q), num_warps=warps,
+               CAUSAL=causal, ROPE=rope, PRECISION=precision, DOT_F32=dot_f32(q.dtype), num_warps=warps,
                num_stages=stages)
     return out, lse
 
@@ -363,7 +359,7 @@ def rope_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), scb)
     meta = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, CAUSAL=causal, ROPE=rope,
-                PRECISION=precision, DOT_F32=_dot_f32(q))
+                PRECISION=precision, DOT_F32=dot_f32(q.dtype))
     block_m, block_n, warps, stages = _config("dkdv", D, q.dtype)
     _bwd_dkdv[(triton.cdiv(T, block_n), B * Hkv)](
         q, k, v, cos, sin, grad_out, lse, delta, dk, dv, *strides,

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 import pygpt.ops as ops
+from pygpt.ops.attention import gpu_kernels_take
 from pygpt.data import CharTokenizer
 
 from .cache import KVCache
@@ -202,8 +203,8 @@ class Engine:
     def _decode_has_gpu_kernel(self) -> bool:
         """Whether the decode step runs compiled kernels on this device: not when the reference is forced, nor
         for float64 or an odd head_dim, which rope_decode_attention sends to its reference on a GPU."""
-        return (ops.backend_for(self.device) != "reference" and self._cache_dtype() != torch.float64
-                and self.model.config.head_dim % 2 == 0)
+        return (ops.backend_for(self.device) != "reference"
+                and gpu_kernels_take(self._cache_dtype(), self.model.config.head_dim))
 
     def _recompute_last(self, history: list[list[int]]) -> torch.Tensor:
         if not self._warned_recompute:

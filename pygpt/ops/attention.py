@@ -24,6 +24,12 @@ from .rotary import rope_cos_sin, rotary_reference
 OP = "rope_attention"
 
 
+def gpu_kernels_take(dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the GPU attention kernels (prefill and decode) take q of ``dtype`` and ``head_dim``: not float64,
+    and an even head_dim (they hold q and k as RoPE's two halves); pygpt.ops runs the reference otherwise."""
+    return dtype != torch.float64 and head_dim % 2 == 0
+
+
 def check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(OP, name, t, ndim=4, dtypes=FLOAT_DTYPES, device=q.device, contiguous=False)
@@ -62,7 +68,7 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     """Causal attention with RoPE at ``positions`` (None: no rotation); differentiable. Returns (B, T, H, D)."""
     check_attention_args(q, k, v, positions)
     backend = backend_for(q.device)
-    if backend == "reference" or (backend != "cpp" and (q.dtype == torch.float64 or q.shape[-1] % 2)):
+    if backend == "reference" or (backend != "cpp" and not gpu_kernels_take(q.dtype, q.shape[-1])):
         return rope_attention_reference(q, k, v, positions, causal, scale, base)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return torch.ops.pygpt.rope_attention(q, k, v, positions, scale, base, causal)[0]

@@ -20,6 +20,7 @@ import torch
 
 from ._checks import FLOAT_DTYPES, check_tensor
 from ._library import backend_for, extension
+from .attention import gpu_kernels_take
 from .rotary import rotary_reference
 
 # ---- references (the ground truth) --------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def _decode(q, k, v, k_cache, v_cache, lengths, starts, scale: float, base: floa
             advance: bool) -> torch.Tensor:
     """A checked (or vouched-for) decode call: the reference when forced (and off the CPU for float64 or an odd
     head_dim, which the GPU kernel doesn't take), else the compiled op."""
-    gpu_unsupported = q.device.type != "cpu" and (q.dtype == torch.float64 or q.shape[-1] % 2)
+    gpu_unsupported = q.device.type != "cpu" and not gpu_kernels_take(q.dtype, q.shape[-1])
     if backend_for(q.device) == "reference" or gpu_unsupported:
         return rope_decode_attention_reference(q, k, v, k_cache, v_cache, lengths, starts, scale, base, rope,
                                                advance)

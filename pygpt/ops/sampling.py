@@ -276,12 +276,12 @@ def sampling_rows(B: int, temperature: float = 1.0, top_k: int = 0, top_p: float
     A decode loop passes these every step: sample then allocates nothing, and a CUDA graph that captured the loop
     reads tensors the loop owns (not entries of sample's own cache, which a long-lived process may evict).
     """
-    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p)):
+    params = (("temperature", temperature, torch.float32), ("top_k", top_k, torch.int32),
+              ("top_p", top_p, torch.float32), ("min_p", min_p, torch.float32))
+    for name, value, _ in params:
         _check_number(name, value)
-    return (torch.full((B,), float(temperature), dtype=torch.float32, device=device),
-            torch.full((B,), min(int(top_k), _INT32_MAX), dtype=torch.int32, device=device),
-            torch.full((B,), float(top_p), dtype=torch.float32, device=device),
-            torch.full((B,), float(min_p), dtype=torch.float32, device=device))
+    # (V unknown here: top_k is only capped at int32's range; a top_k >= V means no top-k to every kernel)
+    return tuple(_rows(value, B, _INT32_MAX, dtype, device, cache=False) for _, value, dtype in params)
 
 
 # ----------------------------------------------------------------------------------------------- public op
