@@ -397,8 +397,7 @@ class _Monitor:
     @staticmethod
     def _last_eval(trainer) -> bool:
         """Whether the trainer stops after this eval (a callback's stop, early stopping)."""
-        patience = trainer.cfg.patience
-        return bool(trainer.should_stop or (patience and trainer.evals_since_best >= patience))
+        return trainer.should_stop or trainer.out_of_patience()
 
     def on_eval(self, trainer, step: int, val_loss: float, improved: bool) -> None:
         if self.failure is not None or self.pruned is not None or step == 0:

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             print(result.full_val)
         print(f"best checkpoint: {Path(cfg.train.out_dir) / 'best'}")
         if result.stopped_because == "interrupted":
-            print(f"interrupted: `pygpt train ... --resume` continues from {Path(cfg.train.out_dir) / 'last'}")
+            print(f"interrupted: `pygpt train ... --resume` continues from {out_dir / 'last'}")
             return 130
     return 0
 

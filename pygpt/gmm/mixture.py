@@ -43,6 +43,11 @@ COVARIANCE_TYPES = G.COVARIANCE_TYPES
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
+def _precision_shape(covariance_type: str, K: int, D: int) -> tuple[int, ...]:
+    """The shape of the precisions (and their Cholesky factors) of K components in D dimensions."""
+    return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
+
+
 class GaussianMixture:
     """Gaussian mixture with EM, batched over components, log-space E-step, Cholesky densities.
 
@@ -181,7 +186,7 @@ class GaussianMixture:
                 raise ValueError("means_init must be finite")
         if self.precisions_init is not None:
             p = torch.as_tensor(np.asarray(self.precisions_init, dtype=np.float64)).to(device, dtype)
-            expected = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
+            expected = _precision_shape(ct, K, D)
             if tuple(p.shape) != expected:
                 raise ValueError(f"precisions_init for covariance_type={ct!r} must have shape {expected}; "
                                  f"got {tuple(p.shape)}")
@@ -196,7 +201,6 @@ class GaussianMixture:
         """Initial responsibilities (K, N) per init_params, from Xt (D, N)."""
         N = Xt.shape[1]
         K = self.n_components
-        Xt = centred(Xt)[0]  # (the labels below don't depend on the origin; their float32 precision does)
         if self.init_params == "random":
             resp = rand((K, N), gen, Xt.device, Xt.dtype)
             return resp / resp.sum(0, keepdim=True)
@@ -206,6 +210,7 @@ class GaussianMixture:
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 labels = km._fit_t(Xt)
         else:
+            Xt = centred(Xt)[0]  # (as KMeans does: the labels don't depend on the origin, their float32 precision does)
             if self.init_params == "k-means++":
                 seeds, _ = kmeans_plusplus(Xt, K, gen)
             else:
@@ -267,7 +272,7 @@ class GaussianMixture:
         if warm and self.n_features_in_ != D:
             raise ValueError(f"X has {D} features, but the warm-started model has {self.n_features_in_}")
         if warm:
-            shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
+            shape = _precision_shape(self.covariance_type, K, D)
             if np.shape(self.means_) != (K, D) or np.shape(self.precisions_cholesky_) != shape:
                 raise ValueError(f"warm_start: the fitted model has {np.shape(self.means_)[0]} components and "
                                  f"precisions of shape {np.shape(self.precisions_cholesky_)}, but n_components="

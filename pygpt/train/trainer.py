@@ -211,13 +211,11 @@ class Trainer:
         self._seconds_before = float(state.get("train_seconds", state["seconds_to_best"]))
         self.last_eval_step = int(state["last_eval_step"])
         self.optimizer.load_state_dict(state["optimizer"])
-        streams = state
-        if "ranks" in state or self.distributed:
-            saved = len(state.get("ranks", [None]))
-            if saved != self.world_size:
-                raise ValueError(f"resume: the checkpoint was saved by {saved} process(es), this run has "
-                                 f"{self.world_size}: resume with as many")
-            streams = state["ranks"][self.rank] if "ranks" in state else state
+        ranks = state.get("ranks", [state])  # each process's data stream (one: the state's own)
+        if len(ranks) != self.world_size:
+            raise ValueError(f"resume: the checkpoint was saved by {len(ranks)} process(es), this run has "
+                             f"{self.world_size}: resume with as many")
+        streams = ranks[self.rank]
         self.train_sampler.load_state_dict(streams["sampler"])
         torch.set_rng_state(streams["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -376,9 +374,11 @@ class Trainer:
             self.evals_since_best += 1
         self._fire("on_eval", step=self.step, val_loss=val, improved=improved)
         self.save("last", with_state=True)  # resumable after a crash, at every eval
-        if self.cfg.patience and self.evals_since_best >= self.cfg.patience:
-            return "early_stopping"
-        return None
+        return "early_stopping" if self.out_of_patience() else None
+
+    def out_of_patience(self) -> bool:
+        """Whether early stopping ends the run after the eval just made (patience evals without a new best)."""
+        return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
 
     def score_best(self) -> EvalResult:
         """Full-val score (EVAL.md) of the best checkpoint, also recorded in its config.json metadata."""
