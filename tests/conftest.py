@@ -12,6 +12,23 @@ import importlib.util  # noqa: E402
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
+def pytest_configure(config):
+    # Triton's interpreter before 3.7 turns a one-element numpy array into an int, which numpy >= 2.4 refuses
+    # (triton-lang/triton#9171): every interpreted kernel would fail with "only 0-dimensional arrays can be
+    # converted to Python scalars". Torch 2.11's triton 3.6 with the newest numpy is such a pair: say so once.
+    if os.environ.get("TRITON_INTERPRET") != "1" or not HAS_TRITON:
+        return
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    triton_v, numpy_v = Version(version("triton")), Version(version("numpy"))
+    if triton_v < Version("3.7") and numpy_v >= Version("2.4"):
+        raise pytest.UsageError(
+            f"triton {triton_v}'s CPU interpreter (TRITON_INTERPRET=1, used by the tests without a GPU) fails with "
+            f"numpy {numpy_v}: install numpy<2.4 (pip install 'numpy<2.4') or triton>=3.7")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

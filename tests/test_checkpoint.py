@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -67,6 +68,29 @@ def test_interrupt_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkey
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["metadata"] == {"v": 1}
+
+
+def test_files_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """Every file of the new checkpoint is fsync'd before the rename that publishes it, then the parent directory
+    after it: a power cut can't leave a renamed directory of empty files."""
+    import pygpt.train.checkpoint as ck
+
+    events, real_fsync, real_replace = [], ck.os.fsync, ck.os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+    monkeypatch.setattr(ck.os, "fsync", fsync)
+    monkeypatch.setattr(ck.os, "replace", replace)
+    save_checkpoint(tmp_path / "ck", _model(), CharTokenizer("abcde"), trainer_state={"step": torch.tensor(1)})
+    publish = events.index(("replace", str(tmp_path / "ck")))
+    synced_before = {os.path.basename(path) for kind, path in events[:publish] if kind == "fsync"}
+    assert {"model.safetensors", "config.json", "trainer_state.pt"} <= synced_before
+    assert ("fsync", str(tmp_path)) in events[publish:]
 
 
 def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):

@@ -142,3 +142,48 @@ def test_own_init_reaches_sklearn_best_of_n(cov_type: str, data: str) -> None:
         ours = GaussianMixture(k, covariance_type=cov_type, n_init=10, random_state=0).fit(X)
     # Mean log-likelihood per sample, of the returned parameters: allow 0.5% of a nat.
     assert ours.score(X) >= ref.score(X) - 5e-3
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+@pytest.mark.parametrize("init", ["k-means++", "random_from_data"])
+def test_seed_point_inits_start_where_sklearn_does(cov_type: str, init: str) -> None:
+    """'k-means++' and 'random_from_data' start as scikit-learn's do: each seed point is alone in its
+    component. Given the seeds pygpt chose, scikit-learn's own initialisation from them gives the same
+    parameters, and EM from there the same log-likelihood at every iteration."""
+    X = _synthetic()
+    k = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = GaussianMixture(k, covariance_type=cov_type, init_params=init, max_iter=0, random_state=3).fit(X)
+    # Recover the seed rows from the initial means (each is a data point, divided by 1 + 10 eps).
+    dist = ((start.means_[:, None, :] - X[None]) ** 2).sum(-1)
+    seeds = dist.argmin(1)
+    np.testing.assert_allclose(start.means_, X[seeds], rtol=1e-14)
+    assert len(set(seeds.tolist())) == k
+    resp = np.zeros((len(X), k))
+    resp[seeds, np.arange(k)] = 1.0
+    ref = sklearn_mixture.GaussianMixture(k, covariance_type=cov_type, reg_covar=1e-6)
+    ref._initialize(X, resp)
+    # scikit-learn divides these initial weights by N, so they sum to K / N (its M-steps renormalise); ours sum to 1.
+    ref.weights_ = ref.weights_ / ref.weights_.sum()
+    pc = ref.precisions_cholesky_  # (its _initialize leaves precisions_ to the end of fit)
+    ref.precisions_ = pc @ np.swapaxes(pc, -1, -2) if cov_type in ("full", "tied") else pc**2
+    if cov_type == "tied":
+        # scikit-learn's tied estimate, (X^T X - sum_k n_k m_k m_k^T) / sum_k n_k, assumes every row's
+        # responsibilities sum to 1; from seed points alone it sums x x^T over all N points but divides by K.
+        # Here the seeds' own scatter, reg_covar I, is kept: the means and weights are compared.
+        np.testing.assert_allclose(start.weights_, ref.weights_, rtol=1e-12)
+        np.testing.assert_allclose(start.means_, ref.means_, rtol=1e-12)
+        np.testing.assert_allclose(start.covariances_, 1e-6 * np.eye(X.shape[1]), rtol=1e-9, atol=1e-20)
+        return
+    # (covariances are reg_covar, 1e-6: scikit-learn's E[x^2] - E[x]^2 leaves ~1e-14 of rounding on them)
+    _assert_params_close(start, ref, rtol=1e-6)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = GaussianMixture(k, covariance_type=cov_type, init_params=init, max_iter=20, tol=0.0,
+                               random_state=3).fit(X)
+        params = {"weights_init": ref.weights_, "means_init": ref.means_, "precisions_init": ref.precisions_}
+        theirs = _sk_fit(sklearn_mixture.GaussianMixture(k, covariance_type=cov_type, max_iter=20, tol=0.0,
+                                                         **params), X)
+    np.testing.assert_allclose(ours.lower_bound_, theirs.lower_bound_, rtol=RTOL_LL)

@@ -53,6 +53,8 @@ def download_tiny_shakespeare(dest_dir: str | os.PathLike = DEFAULT_DATA_DIR, ur
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".tinyshakespeare.")
     with os.fdopen(fd, "wb") as f:
         f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, dest)
     return dest
 

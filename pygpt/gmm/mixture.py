@@ -35,7 +35,7 @@ from ._validation import (
     resolve_dtype,
     to_output,
 )
-from .kmeans import KMeans, _assign_t, centred, kmeans_plusplus
+from .kmeans import KMeans, centred, kmeans_plusplus
 
 __all__ = ["GaussianMixture", "INIT_PARAMS", "COVARIANCE_TYPES"]
 
@@ -63,8 +63,10 @@ class GaussianMixture:
         precisions_init are given:
 
         * 'kmeans': labels of a full k-means run (k-means++ seeding, Lloyd iterations);
-        * 'k-means++': k-means++ seeds, each point assigned to its nearest seed;
-        * 'random_from_data': K distinct random points as seeds, nearest-seed assignment;
+        * 'k-means++': k-means++ seeds, each the only point of its component (mean the seed, covariance
+          reg_covar), as scikit-learn; for 'tied', scikit-learn's estimate sums over every point, ours
+          over the seeds;
+        * 'random_from_data': K distinct random points as seeds, likewise;
         * 'random': uniformly random responsibilities.
     weights_init (K,), means_init (K, D), precisions_init : user initial parameters; precisions
         are inverse covariances with the covariance_type's shape. Given all three, no data-driven
@@ -204,21 +206,21 @@ class GaussianMixture:
         if self.init_params == "random":
             resp = rand((K, N), gen, Xt.device, Xt.dtype)
             return resp / resp.sum(0, keepdim=True)
+        resp = torch.zeros((K, N), dtype=Xt.dtype, device=Xt.device)
         if self.init_params == "kmeans":
             km = KMeans(K, n_init=1, random_state=next_seed(gen), chunk_size=self.chunk_size)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 labels = km._fit_t(Xt)
+            return resp.scatter_(0, labels.unsqueeze(0), 1.0)
+        # As scikit-learn: each seed point alone is its component (mean = the point, covariance = reg_covar);
+        # the first E-step then assigns every point to its nearest seed.
+        if self.init_params == "k-means++":
+            # (on centred data, as KMeans: the choice doesn't depend on the origin, its float32 precision does)
+            _, seeds = kmeans_plusplus(centred(Xt)[0], K, gen)
         else:
-            Xt = centred(Xt)[0]  # (as KMeans does: the labels don't depend on the origin, their float32 precision does)
-            if self.init_params == "k-means++":
-                seeds, _ = kmeans_plusplus(Xt, K, gen)
-            else:
-                seeds = Xt[:, torch.randperm(N, generator=gen)[:K].to(Xt.device)].mT
-            step = chunk_rows(N, K, self.chunk_size, Xt.device)
-            labels, _ = _assign_t(Xt, seeds, (Xt * Xt).sum(0), step, need_dist=False)
-        resp = torch.zeros((K, N), dtype=Xt.dtype, device=Xt.device)
-        resp.scatter_(0, labels.unsqueeze(0), 1.0)
+            seeds = torch.randperm(N, generator=gen)[:K].to(Xt.device)
+        resp[torch.arange(K, device=Xt.device), seeds] = 1.0
         return resp
 
     def _initialize(self, Xt: torch.Tensor, gen: torch.Generator) -> G.Params:

@@ -2,8 +2,9 @@
 vocabulary, training settings and metadata) and, for resuming, `trainer_state.pt` (optimizer, step, RNG states;
 tensors and plain containers only, loaded with weights_only=True).
 
-Writes are atomic: everything goes to a temporary sibling directory which then replaces the old one, so a crash
-never leaves a half-written checkpoint behind. Loading never executes pickled code.
+Writes are atomic: everything goes to a temporary sibling directory, flushed to disk, which then replaces the old
+one, so neither a crash nor a power cut leaves a half-written checkpoint behind. Loading never executes pickled
+code.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: CharTo
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
+        _fsync_dir_and_files(tmp)  # the files' contents reach the disk before the rename makes them the checkpoint
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -73,12 +75,35 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: CharTo
             if old is not None and not path.exists():
                 os.replace(old, path)  # interrupted between the two renames: put the previous checkpoint back
             raise
+        _fsync_dir_and_files(path.parent, files=False)  # and the rename itself
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _fsync_dir_and_files(directory: Path, files: bool = True) -> None:
+    """fsync the regular files directly in ``directory`` (when ``files``), then the directory's own entries."""
+    if files:
+        for entry in directory.iterdir():
+            if entry.is_file():
+                fd = os.open(entry, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # a platform that can't open directories (Windows): the files are synced already
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems don't sync directories; nothing more can be done there
+    finally:
+        os.close(fd)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
