@@ -2,6 +2,7 @@
 the Trainer (counting without optimizer steps), checkpoints, and makemore's count-bigram loss on names."""
 
 import math
+import random
 import re
 from pathlib import Path
 
@@ -130,3 +131,20 @@ def test_count_bigram_on_names_matches_makemore(names, tmp_path, capsys):
     dev = float(re.search(r"dev loss (\d+\.\d+)", out).group(1))
     assert 2.45 <= dev <= 2.50, out
     assert "no optimizer steps" in out and "22,655 examples" in out
+
+
+def test_eval_of_a_word_list_model_scores_its_dev_and_test_splits(tmp_path, capsys):
+    """`pygpt eval` on a word list scores the dev and test splits the model was trained on (it used to read the
+    list as one text stream), and prints the line `pygpt train` ended with."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 7))) for _ in range(300)]
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(words) + "\n")
+    assert main(["train", "--model", "bigram-count", "--data", str(path), "--out", str(tmp_path / "run"),
+                 "--no-progress", "--set", "log_dir="]) == 0
+    trained = re.search(r"dev loss .*", capsys.readouterr().out).group(0)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == trained
+    path.write_text("\n".join(w + "x" for w in words) + "\n")  # a character the model never saw
+    with pytest.raises(SystemExit, match="'x'"):
+        main(["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(path)])

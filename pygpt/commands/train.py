@@ -114,14 +114,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped after {result.steps} steps ({result.stopped_because}), {result.train_seconds:.0f} s; best val "
               f"estimate {result.best_val:.4f} at step {result.best_step} ({result.seconds_to_best:.0f} s)")
         if result.full_val is not None and words:
-            from pygpt.data.words import evaluate_words
+            from pygpt.data.words import dev_test_line, evaluate_words
             from pygpt.train import load_checkpoint
 
             best = load_checkpoint(Path(cfg.train.out_dir) / "best", device=trainer.device)
             test = evaluate_words(best.model, words.test, words.tokenizer)
-            dev = result.full_val
-            print(f"dev loss {dev.loss:.4f} top5 {100 * dev.top5:.2f}% ({dev.n_targets:,} examples); "
-                  f"test loss {test.loss:.4f} top5 {100 * test.top5:.2f}% ({test.n_targets:,} examples)")
+            print(dev_test_line(result.full_val, test))
         elif result.full_val is not None:
             print(result.full_val)
         print(f"best checkpoint: {Path(cfg.train.out_dir) / 'best'}")

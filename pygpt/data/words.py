@@ -181,3 +181,9 @@ def evaluate_words(model: nn.Module, words: list[str], tokenizer: CharTokenizer,
     finally:
         model.train(was_training)
     return EvalResult(total_loss / total, total_top5 / total, total)
+
+
+def dev_test_line(dev: EvalResult, test: EvalResult) -> str:
+    """The one-line report of a word-list model: its dev and test scores."""
+    return (f"dev loss {dev.loss:.4f} top5 {100 * dev.top5:.2f}% ({dev.n_targets:,} examples); "
+            f"test loss {test.loss:.4f} top5 {100 * test.top5:.2f}% ({test.n_targets:,} examples)")
