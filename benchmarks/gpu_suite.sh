@@ -13,6 +13,8 @@
 #              fused-vs-reference comparison of the attention issue
 #   tests, bench  kernels in two halves, for a second call when the first ran out of time (a call on a still-warm
 #              machine skips the build; without the warm cache the benchmarks' first runs include compiling)
+#   wheel      (alone, on the dev machine) build the wheel into .prebuilt for the GPU machine: see wheel() below;
+#              carried there, the build stage installs it instead of compiling for a minute of device time
 # Usage, from the repository root:
 #   OUT=/path/to/logs STAGES=kernels bash benchmarks/gpu_suite.sh
 #   OUT=/path/to/logs STAGES=heavy bash benchmarks/gpu_suite.sh
@@ -49,18 +51,63 @@ step() {
   echo >> "$log"
 }
 
+# A hash of the sources a build compiles (the device's copy of the tree may have no .git: hash the files themselves).
+tree_stamp() {
+  (cd "$repo" && find csrc kernels pygpt CMakeLists.txt pyproject.toml -type f ! -name '*.pyc' -print0 \
+   | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+
+# wheel: build the wheel here, for a GPU machine that should not spend its time compiling: run with a python
+# holding the GPU machine's torch and Python version (for the lent machines torch 2.11.0 on Python 3.12,
+# e.g. `python3.12 -m venv /tmp/v && /tmp/v/bin/pip install torch==2.11.0 scikit-build-core pybind11 ninja
+# numpy`), with nvcc on PATH; then carry .prebuilt to that machine. build() installs it there when the sources
+# are the same and it loads with its CUDA kernels, and builds from source otherwise.
+wheel() {
+  rm -rf "$repo/.prebuilt" && mkdir -p "$repo/.prebuilt"
+  export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+  if ! (cd "$repo" && $py -m pip wheel --no-build-isolation --no-deps -C cmake.define.PYGPT_CUDA=ON \
+        -w .prebuilt . > "$out/wheel.log" 2>&1); then
+    tail -40 "$out/wheel.log"
+    exit 1
+  fi
+  tree_stamp > "$repo/.prebuilt/stamp"
+  note "wheel: $(ls "$repo"/.prebuilt/*.whl) for sources $(cat "$repo/.prebuilt/stamp"), built against" \
+       "$($py -c 'import sys, torch; print("torch", torch.__version__, "on Python", sys.version.split()[0])')"
+}
+
+# install_prebuilt STAMP: install .prebuilt's wheel if it was built from these sources, and keep it only if
+# pygpt._C then loads against this torch with its CUDA kernels (else the caller builds from source).
+install_prebuilt() {
+  local wheels=("$repo"/.prebuilt/pygpt-*.whl)
+  if [ ! -f "${wheels[0]}" ] || [ "$(cat "$repo/.prebuilt/stamp" 2>/dev/null)" != "$1" ]; then
+    echo "no wheel in .prebuilt, or built from other sources ($(cat "$repo/.prebuilt/stamp" 2>/dev/null), not $1)" \
+      > "$out/build.log"
+    return 1
+  fi
+  $py -m pip install --no-deps --force-reinstall "${wheels[0]}" > "$out/build.log" 2>&1 || return 1
+  (cd /tmp && $py -c "import sys; from pygpt.ops._library import extension, extension_status
+ext = extension(); print('pygpt._C', extension_status())
+sys.exit(0 if ext is not None and ext.built_with_cuda() else 1)") >> "$out/build.log" 2>&1
+}
+
 build() {
-  # Skip the build when these exact sources are installed already (a second call on a warm machine; the
-  # device's copy of the tree may have no .git, so hash the files themselves).
+  # Skip the build when these exact sources are installed already (a second call on a warm machine).
   local stamp
-  stamp=$(cd "$repo" && find csrc kernels pygpt CMakeLists.txt pyproject.toml -type f ! -name '*.pyc' -print0 \
-          | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  stamp=$(tree_stamp)
   if [ -f "$work/build.stamp" ] && [ "$(cat "$work/build.stamp")" = "$stamp" ] && (cd /tmp && $py -c "import pygpt._C"); then
     note "== build: this tree is installed already ($stamp)"
     return 0
   fi
-  note "== build"
   local start=$SECONDS
+  if install_prebuilt "$stamp"; then
+    note "== build: installed the carried wheel of these sources ($stamp, $((SECONDS - start)) s)"
+    echo "$stamp" > "$work/build.stamp"
+    return 0
+  elif [ -d "$repo/.prebuilt" ]; then
+    tail -5 "$out/build.log" 2>/dev/null | tee -a "$summary"
+    note "   the carried wheel in .prebuilt is not for these sources or did not load (above); building here"
+  fi
+  note "== build"
   # CUDA C++ kernels ON, so a missing nvcc fails loudly instead of quietly building without them (whose tests
   # would then skip and whose benchmarks would time Triton); if that build fails, say so and build without them.
   export CUDACXX=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -154,6 +201,10 @@ heavy_ref() {
 
 cd /tmp  # import the installed package, not the source tree
 note "gpu_suite: stages '$stages' at $(date -u +%FT%TZ)"
+if [ "$stages" = wheel ]; then
+  wheel
+  exit 0
+fi
 build
 $py -m pygpt.cli info 2>&1 | tee -a "$summary"
 for stage in $stages; do
@@ -163,6 +214,6 @@ for stage in $stages; do
     bench) benches ;;
     heavy) heavy ;;
     heavy-ref) heavy_ref ;;
-    *) note "unknown stage '$stage' (kernels = tests + bench, heavy, heavy-ref)"; exit 2 ;;
+    *) note "unknown stage '$stage' (kernels = tests + bench, heavy, heavy-ref; wheel alone)"; exit 2 ;;
   esac
 done
