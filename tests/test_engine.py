@@ -71,6 +71,55 @@ def test_rope_cache_slides_past_the_window():
     assert int(cache.lengths[0]) == 30 and int(cache.starts[0]) == 22
 
 
+# (float64 too is only as exact as RoPE's angles, which are float32 products of position and frequency)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 2e-5), (torch.bfloat16, 0.05)])
+@torch.no_grad()
+def test_rebased_cache_attends_as_before(dtype, tol):
+    """KVCache.rebase shifts each sequence's positions down by a multiple of C (its own, from its oldest
+    position) and rotates the cached keys back to match: the next decode step's output is unchanged, every
+    position keeps its slot, and the positions end below 2C."""
+    B, H, Hkv, C, D = 3, 4, 2, 16, 8
+    cache = KVCache(1, B, Hkv, C, D, "cpu", dtype)
+    for n in (5, 37, 50):  # a different history per sequence: starts 0, 21 and 34
+        row = cache.rows([5, 37, 50].index(n))
+        for _ in range(n):
+            ops.rope_decode_attention(torch.randn(1, 1, H, D, dtype=dtype), torch.randn(1, 1, Hkv, D, dtype=dtype),
+                                      torch.randn(1, 1, Hkv, D, dtype=dtype), *row.layer(0)[:4], base=100.0)
+    q, k, v = torch.randn(B, 1, H, D, dtype=dtype), torch.randn(B, 1, Hkv, D, dtype=dtype), \
+        torch.randn(B, 1, Hkv, D, dtype=dtype)
+    v_before = cache.v[0].clone()
+    expected = ops.rope_decode_attention(  # (on a copy: the op appends to the cache it is given)
+        q, k, v, *(t.clone() for t in (cache.k[0], cache.v[0], cache.lengths, cache.starts)), base=100.0)
+    shift = cache.rebase(base=100.0)
+    assert shift.tolist() == [0, 16, 32]
+    assert cache.lengths.tolist() == [5, 21, 18] and cache.starts.tolist() == [0, 5, 2]
+    assert int(cache.lengths.max()) < 2 * C
+    assert torch.equal(cache.v[0], v_before)  # values are not rotated
+    got = ops.rope_decode_attention(q, k, v, cache.k[0], cache.v[0], cache.lengths, cache.starts, base=100.0)
+    torch.testing.assert_close(got.double(), expected.double(), atol=tol, rtol=tol)
+
+
+def test_long_rope_generation_keeps_positions_small(monkeypatch):
+    """The engine rebases a RoPE cache before its positions reach REBASE_AT (here 64, block 16): the greedy text
+    is the one generated without rebasing (float64, where the positions' float32 angles are still exact), and
+    the positions never grow past the threshold."""
+    import pygpt.infer.engine as engine_module
+
+    model = _model("rope", block_size=16).double()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    plain = torch.stack(list(Engine(model).generate_ids(prompts, 300, temperature=0)))
+    monkeypatch.setattr(engine_module, "REBASE_AT", 64)
+    seen, rebase = [], KVCache.rebase
+
+    def recording(cache, base):
+        seen.append(int(cache.lengths.max()))
+        return rebase(cache, base)
+    monkeypatch.setattr(KVCache, "rebase", recording)
+    rebased = torch.stack(list(Engine(model).generate_ids(prompts, 300, temperature=0)))
+    assert torch.equal(rebased, plain)
+    assert len(seen) >= 4 and max(seen) <= 64  # every ~32 tokens, before any position passes 64
+
+
 @pytest.mark.parametrize("pos", ["rope", "learned"])
 def test_greedy_is_identical_with_and_without_cache(pos):
     model = _model(pos, block_size=32)

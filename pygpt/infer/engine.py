@@ -2,8 +2,9 @@
 decode attention + append in every layer, then the sampling op), streaming tokens as they come.
 
 With RoPE the cache is a ring buffer that keeps working once full: the oldest position is overwritten and
-generation goes on with a sliding window of block_size positions (for millions of tokens: positions enter
-RoPE's angles in float32, whose precision runs out near 2^24; the kernels stop with an error at 2^31). With
+generation goes on with a sliding window of block_size positions, for as long as asked: every REBASE_AT tokens the
+cache's positions are shifted back below 2 x block_size and its keys rotated to match (KVCache.rebase), since
+positions enter RoPE's angles in float32, whose precision runs out in the millions. With
 learned (or sinusoidal) absolute positions it cannot slide; past the window the engine recomputes the cropped
 context each step, as nanoGPT does, and says so once.
 
@@ -32,6 +33,9 @@ from .decoder import FusedDecoder
 from .precast import PrecastModel
 
 CHECK_EVERY = 64  # steps between the CUDA engine's reads of its error flag (one host sync each)
+# A RoPE cache's positions are shifted back (KVCache.rebase) when they reach this (or 4 x block_size): at 2^14
+# float32 angles move the lite model's logits by up to 0.004, at 10^6 by 0.13 (benchmarks/rope_position_drift.py).
+REBASE_AT = 1 << 14
 
 
 def _raise_for_error(code: int) -> None:
@@ -147,10 +151,19 @@ class Engine:
         # model's loop never reads a device value back, so on CUDA the next step is queued while this one runs.
         history = None if self.sliding else [list(p) for p in prompts]
         step = self._make_step(cache, pick)
+        # A RoPE cache is rebased (cache.rebase) before any position reaches rebase_at, so the positions entering
+        # the float32 angles stay small however long the generation; counted here, nothing is read back.
+        rebase_at = max(REBASE_AT, 4 * cache.capacity)
+        newest = max(min(len(p), self.block_size) for p in prompts)  # > every position in the cache
         for i in range(max_new_tokens):
             yield next_ids
             if i == max_new_tokens - 1:
                 break
+            if self.sliding:
+                if newest >= rebase_at:
+                    cache.rebase(self.model.config.rope_base)
+                    newest = 2 * cache.capacity  # rebased positions are below 2C
+                newest += 1
             if history is not None:
                 for b, token in enumerate(_host_ids(next_ids)):
                     history[b].append(token)

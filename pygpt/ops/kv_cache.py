@@ -6,8 +6,9 @@ position) and starts (B,) int32 is the oldest valid position. Valid positions ar
 
 Because each cached key carries its own rotation and RoPE scores depend only on q/k distance, a full cache keeps
 working: appending position p overwrites slot p % C (position p - C, the oldest), and decoding goes on with a
-sliding window of C positions (to about 2^24 positions, where float32 angles lose their precision). Eviction
-is bookkeeping (move starts), never a shift of the cache.
+sliding window of C positions. Positions enter the rotation as float32 angles, which lose precision in the
+millions: pygpt.infer.KVCache.rebase shifts them back (rotating the cached keys to match), as the generation
+engine does every 2^14 tokens. Eviction is bookkeeping (move starts), never a shift of the cache.
 
 rope_decode_attention: for Tn new tokens at positions lengths .. lengths + Tn - 1, rotate q and k, attend each
 new token over the positions (p - C, p] that are valid (old cache entries and the new tokens up to itself), then
