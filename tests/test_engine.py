@@ -232,6 +232,24 @@ def test_gpu_cuda_graph_replays_the_eager_decode_step(pos):
 
 
 @pytest.mark.gpu
+def test_gpu_rebase_between_graph_replays(monkeypatch):
+    """The cache rebase runs between CUDA-graph replays, in place on the tensors the graph reads: the graphed loop
+    gives the eager loop's ids (bf16 autocast, the default), and in fp32 the ids of a run that never rebases."""
+    import pygpt.infer.engine as engine_module
+
+    model = _model("rope", block_size=16).cuda()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+
+    def ids(**kw):
+        return torch.stack(list(Engine(model, **kw).generate_ids(prompts, 200, temperature=0)))
+    plain = ids(amp=False)
+    monkeypatch.setattr(engine_module, "REBASE_AT", 64)
+    assert torch.equal(ids(amp=False, cuda_graph=True), plain)
+    assert torch.equal(ids(amp=False, cuda_graph=False), plain)
+    assert torch.equal(ids(cuda_graph=True), ids(cuda_graph=False))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("kw", [dict(n_embd=36, n_head=4, n_kv_head=2, pos="learned"), dict(dtype=torch.float64)])
 def test_gpu_engine_without_a_decode_kernel_does_not_capture(kw):
     """An odd head_dim (9) or a float64 model decodes on the reference (which reads the counters on the host):
