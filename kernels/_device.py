@@ -1,8 +1,10 @@
-"""What the launchers size their grids by: the GPU's multiprocessor count."""
+"""What the launchers size their grids and tiles by: the GPU's multiprocessor count, and whether Triton's CPU
+interpreter runs the kernels (the tests without a GPU) rather than a compiler."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -19,3 +21,8 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return HOPPER_SMS
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def interpreting() -> bool:
+    """Whether Triton's CPU interpreter runs the kernels (TRITON_INTERPRET=1): small tiles keep it fast."""
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,15 +1,15 @@
 """The tensor-core dot of the attention kernels, with a switch for Triton's CPU interpreter."""
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._device import interpreting
+
 
 def dot_f32(dtype: torch.dtype) -> bool:
     """The DOT_F32 flag of ``dot`` for operands of ``dtype``: bf16 under Triton's CPU interpreter only."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    return dtype == torch.bfloat16 and interpreting()
 
 
 @triton.jit

@@ -16,12 +16,11 @@ can be captured in a CUDA graph. Each new token at position p sees the positions
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._device import interpreting
 from ._dot import dot as _dot
 from ._dot import dot_f32
 from .kv_cache import advance_counters_triton
@@ -201,14 +200,11 @@ def _append_tokens(KC, VC, k1, k2, v, cache_base, length, tt, t_mask, i, hmask, 
     tl.store(VC + slot + d[None, :], v.to(VC.dtype.element_ty), mask=t_mask[:, None] & dmask[None, :])
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
 
 def _tile(dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_N keys a step, num_warps) of _partial, as compiled for sm_90 by pygpt.triton_aot: no spills in
     fp16/bf16; fp32's exact IEEE dots (no tensor cores) spill a little at any tile, least with these."""
-    if _interpreting():
+    if interpreting():
         return 16, 1
     return (16, 8) if dtype == torch.float32 else (64, 4)
 

@@ -9,13 +9,11 @@ so BLOCK_N is sized to give every multiprocessor about two programs. Numerics: p
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._device import sm_count
+from ._device import interpreting, sm_count
 
 # Matches pygpt.ops.linear.NORMS / ACTS (constexpr: a kernel may read no other globals).
 NORM_NONE, NORM_LAYER, NORM_RMS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -138,5 +136,5 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         residual if residual is not None else out, out, N, K, float(eps),
         NORM=norm, ACT=act, HAS_BIAS=bias is not None, HAS_BETA=layer_norm and norm_bias is not None,
         HAS_RES=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-        RNE_BY_HAND=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4)
+        RNE_BY_HAND=interpreting(), num_warps=4)
     return out

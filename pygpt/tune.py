@@ -783,7 +783,7 @@ def tune(base: RunConfig, space: dict | None = None, *, trials: int | None = Non
     table, and the best config (also written to out_dir/<study>/best_config.json: see study_dir). A Ctrl-C stops
     the study after recording the running trial as interrupted (``interrupted`` in the result); a second one, or
     one outside training, raises KeyboardInterrupt. Either way the same call resumes the study."""
-    optuna = require_optuna()
+    require_optuna()  # a clear error now, before any work, when optuna is missing
     if trials is None and timeout is None:
         raise ValueError("give trials and/or timeout")
     if reports < 2:

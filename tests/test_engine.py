@@ -1,7 +1,6 @@
 """The generation engine: cached decoding against full recompute and against the sliding-window reference,
 batches with different prompt lengths, streaming, stop strings, seeds and bad inputs."""
 
-import math
 import warnings
 
 import pytest

@@ -8,7 +8,6 @@ and the result to the weight dtype, as the kernel does), plus a small absolute s
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pygpt.ops as ops
 from pygpt.models.layers import MLP, LayerNorm, RMSNorm

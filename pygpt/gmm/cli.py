@@ -77,8 +77,6 @@ def _fmt(a: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Generate or load data, fit, print the fit, write the requested plots. Returns an exit code."""
-    import numpy as np
-
     from .mixture import GaussianMixture
     from .selection import select_n_components
     from .synthetic import make_mixture

@@ -30,7 +30,6 @@ from ._validation import (
     check_choice,
     check_float,
     check_int,
-    chunk_rows,
     resolve_device,
     resolve_dtype,
     to_output,
