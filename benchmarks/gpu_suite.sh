@@ -4,7 +4,8 @@
 # stage: run kernels first, heavy in a later session (or right after, where the budget allows: the second call
 # finds the build of the first on a still-warm machine and skips it):
 #   kernels    build pygpt against that torch; the kernels' test files (GPU tests and compiled Triton tests)
-#              in parallel while the benchmarks' kernels compile into Triton's cache; every kernel benchmark
+#              spread over pytest-xdist workers (at most TESTS_LIMIT, 300 s) while the benchmarks' kernels
+#              compile into Triton's cache; every kernel benchmark
 #              (Triton and CUDA C++ backends), the GMM benchmark and scaling curve, generation speed of the lite
 #              model (without the torch.compile modes, which the heavy stage times)
 #   heavy      train the heavy preset with the fused kernels, then time generation with that model in every
@@ -125,32 +126,58 @@ build() {
   note "   (build: $((SECONDS - start)) s)"
 }
 
-# The kernels' test files, whole (on CUDA their Triton tests run compiled, not interpreted), one pytest per file
-# and all at once: most of their time is Triton compiling kernels, one process at a time each.
+# The kernels' test files, whole (on CUDA their Triton tests run compiled, not interpreted). Most of their time is
+# Triton compiling kernels, one at a time in a process, so they are spread over many processes: with pytest-xdist
+# (on the GPU machines' image) one run over TEST_WORKERS workers, test by test, each result on its own line as it
+# comes (a run stopped at its limit keeps what it printed); without it one pytest per file, all at once.
+GPU_TEST_FILES=${GPU_TEST_FILES:-test_rope_attention test_kv_cache test_rotary test_sampling test_engine test_fused_linear test_gmm_gpu}
+
 gpu_tests() {
-  local log=$1 start=$SECONDS files=(test_rope_attention test_kv_cache test_rotary test_sampling test_engine
-                                     test_fused_linear test_gmm_gpu) pids=() i=0 rc
-  note "== gpu tests: ${files[*]} (in parallel)"
-  for f in "${files[@]}"; do
-    timeout 300 $py -m pytest "$repo/tests/$f.py" -q -p no:cacheprovider > "$work/$f.log" 2>&1 &
-    pids+=($!)
-  done
-  for f in "${files[@]}"; do
-    wait "${pids[$i]}"
+  local log=$1 start=$SECONDS files paths rc
+  read -r -a files <<< "$GPU_TEST_FILES"
+  paths=("${files[@]/#/$repo/tests/}")
+  paths=("${paths[@]/%/.py}")
+  if $py -c "import xdist" 2>/dev/null; then
+    local per_test=()
+    $py -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout "${TEST_TIMEOUT:-240}")
+    note "== gpu tests: ${files[*]} (pytest-xdist, ${TEST_WORKERS:-12} workers)"
+    timeout "${TESTS_LIMIT:-300}" $py -m pytest "${paths[@]}" -v -p no:cacheprovider -n "${TEST_WORKERS:-12}" \
+      "${per_test[@]}" > "$work/tests.log" 2>&1
     rc=$?
-    i=$((i + 1))
-    { echo "--- $f (exit $rc)"; cat "$work/$f.log"; echo; } >> "$log"
-    note "   $f: exit $rc: $(tail -n 1 "$work/$f.log")"
-  done
-  local logs=("${files[@]/#/$work/}")
-  grep -h -E "^(FAILED|ERROR) " "${logs[@]/%/.log}" 2>/dev/null | head -n 25 | tee -a "$summary"
+    { echo "--- gpu tests (exit $rc)"; cat "$work/tests.log"; echo; } >> "$log"
+    for f in "${files[@]}"; do  # from the per-test lines: "[gw3] [ 41%] PASSED ../repo/tests/test_x.py::test_y[...]"
+      local counts=()
+      for outcome in PASSED FAILED ERROR SKIPPED; do
+        counts+=("$(grep -c -E "\] $outcome \S*tests/$f\.py::" "$work/tests.log") ${outcome,,}")
+      done
+      note "   $f: ${counts[*]}"
+    done
+    note "   exit $rc: $(tail -n 1 "$work/tests.log")"
+    grep -E "^FAILED |^ERROR " "$work/tests.log" | head -n 25 | tee -a "$summary"
+  else
+    local pids=() i=0
+    note "== gpu tests: ${files[*]} (one pytest per file, in parallel)"
+    for f in "${files[@]}"; do
+      timeout 300 $py -m pytest "$repo/tests/$f.py" -q -p no:cacheprovider > "$work/$f.log" 2>&1 &
+      pids+=($!)
+    done
+    for f in "${files[@]}"; do
+      wait "${pids[$i]}"
+      rc=$?
+      i=$((i + 1))
+      { echo "--- $f (exit $rc)"; cat "$work/$f.log"; echo; } >> "$log"
+      note "   $f: exit $rc: $(tail -n 1 "$work/$f.log")"
+    done
+    local logs=("${files[@]/#/$work/}")
+    grep -h -E "^(FAILED|ERROR) " "${logs[@]/%/.log}" 2>/dev/null | head -n 25 | tee -a "$summary"
+  fi
   note "   (gpu tests: $((SECONDS - start)) s)"
 }
 
 kernels() {
   # Meanwhile compile the benchmarks' kernels into Triton's cache (python -m pygpt.triton_aot --warm), so that
   # their timed runs do not compile.
-  $py -m pygpt.triton_aot --warm --jobs 8 > "$work/warm.log" 2>&1 &
+  $py -m pygpt.triton_aot --warm --jobs 4 > "$work/warm.log" 2>&1 &
   local warm=$!
   gpu_tests "$out/kernels.log"
   wait "$warm"
