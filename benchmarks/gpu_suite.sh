@@ -13,7 +13,8 @@
 #   heavy-ref  train the heavy preset again on the Torch reference path (same seed): with heavy's log, the
 #              fused-vs-reference comparison of the attention issue
 #   tests, bench  kernels in two halves, for a second call when the first ran out of time (a call on a still-warm
-#              machine skips the build; without the warm cache the benchmarks' first runs include compiling)
+#              machine skips the build and every step that succeeded there before - see step(); without the warm
+#              cache the benchmarks' first runs include compiling)
 #   wheel      (alone, on the dev machine) build the wheel into .prebuilt for the GPU machine: see wheel() below;
 #              carried there, the build stage installs it instead of compiling for a minute of device time
 # Usage, from the repository root:
@@ -39,9 +40,17 @@ summary="$out/suite.log"
 note() { echo "$*" | tee -a "$summary"; }
 
 # step LOG LIMIT_S TITLE CMD...: run CMD with a time limit, its output appended to LOG; the tail goes to the summary.
+# A step that succeeded is marked done for these sources ($STAMP, set by build) in $WORK, so a second call on a
+# still-warm machine (its $OUT starts empty) goes on from the first step not done; RERUN=1 repeats every step.
 step() {
   local log=$1 limit=$2 title=$3
   shift 3
+  local marker
+  marker="$work/done/${STAMP:-unbuilt}/$(echo "$title" | sha256sum | cut -c1-16)"
+  if [ -f "$marker" ] && [ "${RERUN:-0}" != 1 ]; then
+    note "== $title: done by an earlier call on this machine, for these sources (RERUN=1 repeats it)"
+    return 0
+  fi
   note "== $title"
   local start=$SECONDS before
   before=$(stat -c %s "$log" 2>/dev/null || echo 0)
@@ -50,6 +59,9 @@ step() {
   tail -c +"$((before + 1))" "$log" | tail -n "${TAIL:-14}" | tee -a "$summary"
   note "   ($title: exit $rc, $((SECONDS - start)) s)"
   echo >> "$log"
+  if [ "$rc" -eq 0 ]; then
+    mkdir -p "$(dirname "$marker")" && touch "$marker"
+  fi
 }
 
 # A hash of the sources a build compiles (the device's copy of the tree may have no .git: hash the files themselves).
@@ -95,6 +107,7 @@ build() {
   # Skip the build when these exact sources are installed already (a second call on a warm machine).
   local stamp
   stamp=$(tree_stamp)
+  STAMP=$stamp  # (global: step's done-markers)
   if [ -f "$work/build.stamp" ] && [ "$(cat "$work/build.stamp")" = "$stamp" ] && (cd /tmp && $py -c "import pygpt._C"); then
     note "== build: this tree is installed already ($stamp)"
     return 0
