@@ -36,6 +36,7 @@ mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$work/triton-cache}  # shared by both stages and every process
 summary="$out/suite.log"
+status=0  # the exit status: 1 when a test run failed (the benchmarks run on regardless)
 
 note() { echo "$*" | tee -a "$summary"; }
 
@@ -64,11 +65,14 @@ step() {
   fi
 }
 
-# A hash of the sources a build compiles (the device's copy of the tree may have no .git: hash the files themselves).
-tree_stamp() {
-  (cd "$repo" && find csrc kernels pygpt CMakeLists.txt pyproject.toml -type f ! -name '*.pyc' -print0 \
-   | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+# Hashes of sources (the device's copy of the tree may have no .git: hash the files themselves): tree_stamp of
+# everything a build installs, native_stamp of what the compiled extension is built from.
+stamp_of() {
+  (cd "$repo" && find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z \
+   | xargs -0 sha256sum | sha256sum | cut -c1-16)
 }
+tree_stamp() { stamp_of csrc kernels pygpt CMakeLists.txt pyproject.toml; }
+native_stamp() { stamp_of csrc CMakeLists.txt pyproject.toml; }
 
 # wheel: build the wheel here, for a GPU machine that should not spend its time compiling: run with a python
 # holding the GPU machine's torch and Python version (for the lent machines torch 2.11.0 on Python 3.12,
@@ -83,21 +87,25 @@ wheel() {
     tail -40 "$out/wheel.log"
     exit 1
   fi
-  tree_stamp > "$repo/.prebuilt/stamp"
-  note "wheel: $(ls "$repo"/.prebuilt/*.whl) for sources $(cat "$repo/.prebuilt/stamp"), built against" \
+  native_stamp > "$repo/.prebuilt/stamp"
+  note "wheel: $(ls "$repo"/.prebuilt/*.whl) for native sources $(cat "$repo/.prebuilt/stamp"), built against" \
        "$($py -c 'import sys, torch; print("torch", torch.__version__, "on Python", sys.version.split()[0])')"
 }
 
-# install_prebuilt STAMP: install .prebuilt's wheel if it was built from these sources, and keep it only if
-# pygpt._C then loads against this torch with its CUDA kernels (else the caller builds from source).
+# install_prebuilt: install .prebuilt's wheel if its extension was built from these native sources, with this
+# tree's Python files over the wheel's (they may have changed since: a Python-only change needs no rebuild), and
+# keep it only if pygpt._C then loads against this torch with its CUDA kernels (else the caller builds here).
 install_prebuilt() {
-  local wheels=("$repo"/.prebuilt/pygpt-*.whl)
-  if [ ! -f "${wheels[0]}" ] || [ "$(cat "$repo/.prebuilt/stamp" 2>/dev/null)" != "$1" ]; then
-    echo "no wheel in .prebuilt, or built from other sources ($(cat "$repo/.prebuilt/stamp" 2>/dev/null), not $1)" \
-      > "$out/build.log"
+  local wheels=("$repo"/.prebuilt/pygpt-*.whl) native site
+  native=$(native_stamp)
+  if [ ! -f "${wheels[0]}" ] || [ "$(cat "$repo/.prebuilt/stamp" 2>/dev/null)" != "$native" ]; then
+    echo "no wheel in .prebuilt, or built from other native sources ($(cat "$repo/.prebuilt/stamp" 2>/dev/null)," \
+      "not $native)" > "$out/build.log"
     return 1
   fi
   $py -m pip install --no-deps --force-reinstall "${wheels[0]}" > "$out/build.log" 2>&1 || return 1
+  site=$(cd /tmp && $py -c "import os, pygpt; print(os.path.dirname(pygpt.__file__))" 2>> "$out/build.log") || return 1
+  cp -r "$repo/pygpt/." "$site/" && cp -r "$repo/kernels/." "$site/kernels/" || return 1
   (cd /tmp && $py -c "import sys; from pygpt.ops._library import extension, extension_status
 ext = extension(); print('pygpt._C', extension_status())
 sys.exit(0 if ext is not None and ext.built_with_cuda() else 1)") >> "$out/build.log" 2>&1
@@ -113,13 +121,14 @@ build() {
     return 0
   fi
   local start=$SECONDS
-  if install_prebuilt "$stamp"; then
-    note "== build: installed the carried wheel of these sources ($stamp, $((SECONDS - start)) s)"
+  if install_prebuilt; then
+    note "== build: installed the carried wheel of these native sources, with this tree's Python files" \
+         "($((SECONDS - start)) s)"
     echo "$stamp" > "$work/build.stamp"
     return 0
   elif [ -d "$repo/.prebuilt" ]; then
     tail -5 "$out/build.log" 2>/dev/null | tee -a "$summary"
-    note "   the carried wheel in .prebuilt is not for these sources or did not load (above); building here"
+    note "   the carried wheel in .prebuilt is not for these native sources or did not load (above); building here"
   fi
   note "== build"
   # CUDA C++ kernels ON, so a missing nvcc fails loudly instead of quietly building without them (whose tests
@@ -157,6 +166,7 @@ gpu_tests() {
     timeout "${TESTS_LIMIT:-300}" $py -m pytest "${paths[@]}" -v -p no:cacheprovider -n "${TEST_WORKERS:-12}" \
       "${per_test[@]}" > "$work/tests.log" 2>&1
     rc=$?
+    [ "$rc" -eq 0 ] || status=1
     { echo "--- gpu tests (exit $rc)"; cat "$work/tests.log"; echo; } >> "$log"
     for f in "${files[@]}"; do  # from the per-test lines: "[gw3] [ 41%] PASSED ../repo/tests/test_x.py::test_y[...]"
       local counts=()
@@ -177,6 +187,7 @@ gpu_tests() {
     for f in "${files[@]}"; do
       wait "${pids[$i]}"
       rc=$?
+      [ "$rc" -eq 0 ] || status=1
       i=$((i + 1))
       { echo "--- $f (exit $rc)"; cat "$work/$f.log"; echo; } >> "$log"
       note "   $f: exit $rc: $(tail -n 1 "$work/$f.log")"
@@ -257,3 +268,4 @@ for stage in $stages; do
     *) note "unknown stage '$stage' (kernels = tests + bench, heavy, heavy-ref; wheel alone)"; exit 2 ;;
   esac
 done
+exit "$status"

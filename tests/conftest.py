@@ -18,11 +18,11 @@ def pytest_configure(config):
     # converted to Python scalars". Torch 2.11's triton 3.6 with the newest numpy is such a pair: say so once.
     if os.environ.get("TRITON_INTERPRET") != "1" or not HAS_TRITON:
         return
-    from importlib.metadata import version
-
+    import numpy
+    import triton
     from packaging.version import Version
 
-    triton_v, numpy_v = Version(version("triton")), Version(version("numpy"))
+    triton_v, numpy_v = Version(triton.__version__), Version(numpy.__version__)
     if triton_v < Version("3.7") and numpy_v >= Version("2.4"):
         raise pytest.UsageError(
             f"triton {triton_v}'s CPU interpreter (TRITON_INTERPRET=1, used by the tests without a GPU) fails with "

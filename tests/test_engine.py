@@ -70,43 +70,61 @@ def test_rope_cache_slides_past_the_window():
     assert int(cache.lengths[0]) == 30 and int(cache.starts[0]) == 22
 
 
+def _lively_model(**kw) -> GPT:
+    """A random model whose greedy text varies (at init scale a random model repeats one token forever, which
+    would hide a wrong attention past the first steps)."""
+    model = _model("rope", block_size=16, **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10.0)
+    return model
+
+
 # (float64 too is only as exact as RoPE's angles, which are float32 products of position and frequency)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 2e-5), (torch.bfloat16, 0.05)])
 @torch.no_grad()
 def test_rebased_cache_attends_as_before(dtype, tol):
     """KVCache.rebase shifts each sequence's positions down by a multiple of C (its own, from its oldest
-    position) and rotates the cached keys back to match: the next decode step's output is unchanged, every
-    position keeps its slot, and the positions end below 2C."""
-    B, H, Hkv, C, D = 3, 4, 2, 16, 8
-    cache = KVCache(1, B, Hkv, C, D, "cpu", dtype)
-    for n in (5, 37, 50):  # a different history per sequence: starts 0, 21 and 34
-        row = cache.rows([5, 37, 50].index(n))
+    position) and rotates every layer's cached keys back to match: the next decode step's output is unchanged in
+    every layer, every position keeps its slot, and the positions end below 2C."""
+    B, H, Hkv, C, D, L = 3, 4, 2, 16, 8, 2
+    cache = KVCache(L, B, Hkv, C, D, "cpu", dtype)
+    for b, n in enumerate((5, 37, 50)):  # a different history per sequence: starts 0, 21 and 34
+        row = cache.rows(b)
         for _ in range(n):
-            ops.rope_decode_attention(torch.randn(1, 1, H, D, dtype=dtype), torch.randn(1, 1, Hkv, D, dtype=dtype),
-                                      torch.randn(1, 1, Hkv, D, dtype=dtype), *row.layer(0)[:4], base=100.0)
+            for layer in range(L):  # (the last layer's op advances the shared counters)
+                ops.rope_decode_attention(torch.randn(1, 1, H, D, dtype=dtype),
+                                          torch.randn(1, 1, Hkv, D, dtype=dtype),
+                                          torch.randn(1, 1, Hkv, D, dtype=dtype), *row.layer(layer)[:4],
+                                          base=100.0, advance=layer == L - 1)
     q, k, v = torch.randn(B, 1, H, D, dtype=dtype), torch.randn(B, 1, Hkv, D, dtype=dtype), \
         torch.randn(B, 1, Hkv, D, dtype=dtype)
-    v_before = cache.v[0].clone()
-    expected = ops.rope_decode_attention(  # (on a copy: the op appends to the cache it is given)
-        q, k, v, *(t.clone() for t in (cache.k[0], cache.v[0], cache.lengths, cache.starts)), base=100.0)
+    v_before = [t.clone() for t in cache.v]
+    expected = [ops.rope_decode_attention(  # (on copies: the op appends to the cache it is given)
+        q, k, v, *(t.clone() for t in (cache.k[i], cache.v[i], cache.lengths, cache.starts)), base=100.0)
+        for i in range(L)]
     shift = cache.rebase(base=100.0)
     assert shift.tolist() == [0, 16, 32]
     assert cache.lengths.tolist() == [5, 21, 18] and cache.starts.tolist() == [0, 5, 2]
     assert int(cache.lengths.max()) < 2 * C
-    assert torch.equal(cache.v[0], v_before)  # values are not rotated
-    got = ops.rope_decode_attention(q, k, v, cache.k[0], cache.v[0], cache.lengths, cache.starts, base=100.0)
-    torch.testing.assert_close(got.double(), expected.double(), atol=tol, rtol=tol)
+    for i in range(L):
+        assert torch.equal(cache.v[i], v_before[i])  # values are not rotated
+        got = ops.rope_decode_attention(q, k, v, cache.k[i].clone(), cache.v[i].clone(), cache.lengths.clone(),
+                                        cache.starts.clone(), base=100.0)
+        torch.testing.assert_close(got.double(), expected[i].double(), atol=tol, rtol=tol)
 
 
-def test_long_rope_generation_keeps_positions_small(monkeypatch):
-    """The engine rebases a RoPE cache before its positions reach REBASE_AT (here 64, block 16): the greedy text
-    is the one generated without rebasing (float64, where the positions' float32 angles are still exact), and
-    the positions never grow past the threshold."""
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=1.0, seed=5)])
+def test_long_rope_generation_keeps_positions_small(monkeypatch, kw):
+    """The engine rebases a RoPE cache before its positions reach REBASE_AT (here 64, block 16): the text is the
+    one generated without rebasing (float64, where the positions' float32 angles are still exact; greedy and
+    sampled; prompts shorter and longer than the block), and the positions never grow past the threshold."""
     import pygpt.infer.engine as engine_module
 
-    model = _model("rope", block_size=16).double()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
-    plain = torch.stack(list(Engine(model).generate_ids(prompts, 300, temperature=0)))
+    model = _lively_model().double()
+    prompts = [[1, 2, 3], list(range(20)) * 2, [4, 5, 6, 7, 8, 9, 10]]
+    plain = torch.stack(list(Engine(model).generate_ids(prompts, 300, **kw)))
+    assert len(plain[:, 0].unique()) > 5  # the text varies (a wrong attention shows)
     monkeypatch.setattr(engine_module, "REBASE_AT", 64)
     seen, rebase = [], KVCache.rebase
 
@@ -114,7 +132,7 @@ def test_long_rope_generation_keeps_positions_small(monkeypatch):
         seen.append(int(cache.lengths.max()))
         return rebase(cache, base)
     monkeypatch.setattr(KVCache, "rebase", recording)
-    rebased = torch.stack(list(Engine(model).generate_ids(prompts, 300, temperature=0)))
+    rebased = torch.stack(list(Engine(model).generate_ids(prompts, 300, **kw)))
     assert torch.equal(rebased, plain)
     assert len(seen) >= 4 and max(seen) <= 64  # every ~32 tokens, before any position passes 64
 
@@ -232,20 +250,20 @@ def test_gpu_cuda_graph_replays_the_eager_decode_step(pos):
 
 @pytest.mark.gpu
 def test_gpu_rebase_between_graph_replays(monkeypatch):
-    """The cache rebase runs between CUDA-graph replays, in place on the tensors the graph reads: the graphed loop
-    gives the eager loop's ids (bf16 autocast, the default), and in fp32 the ids of a run that never rebases."""
+    """The cache rebase runs between CUDA-graph replays, in place on the tensors the graph reads: with rebases
+    every ~32 tokens the graphed loop gives the eager loop's ids, in fp32 and under bf16 autocast (the default),
+    greedy and sampled."""
     import pygpt.infer.engine as engine_module
 
-    model = _model("rope", block_size=16).cuda()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
-
-    def ids(**kw):
-        return torch.stack(list(Engine(model, **kw).generate_ids(prompts, 200, temperature=0)))
-    plain = ids(amp=False)
+    model = _lively_model().cuda()
+    prompts = [[1, 2, 3], list(range(20)) * 2]
     monkeypatch.setattr(engine_module, "REBASE_AT", 64)
-    assert torch.equal(ids(amp=False, cuda_graph=True), plain)
-    assert torch.equal(ids(amp=False, cuda_graph=False), plain)
-    assert torch.equal(ids(cuda_graph=True), ids(cuda_graph=False))
+    for amp in (False, True):
+        for kw in (dict(temperature=0), dict(temperature=1.0, seed=5)):
+            graphed, eager = (torch.stack(list(Engine(model, amp=amp, cuda_graph=graph)
+                                               .generate_ids(prompts, 300, **kw))) for graph in (True, False))
+            assert torch.equal(graphed, eager), (amp, kw)
+            assert len(graphed[:, 0].unique()) > 5
 
 
 @pytest.mark.gpu

@@ -24,26 +24,30 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     try:
         ckpt = load_checkpoint(args.checkpoint, device=device)
+        amp = ckpt.config.get("train", {}).get("amp", True)  # score as training did (bf16 autocast on CUDA)
         words = args.dataset == "words" or (args.dataset == "auto" and args.data and looks_like_words(args.data))
         if words:
             if not args.data:
                 raise ValueError("--dataset words needs a word list: --data FILE (one word per line)")
-            split = load_words(args.data)  # the same seeded shuffle and split as training; scored with the
-            with _autocast(device):        # checkpoint's own vocabulary
+            # The same seeded shuffle and split as training, scored with the checkpoint's own vocabulary.
+            split = load_words(args.data)
+            with _autocast(device, amp):
                 dev, test = (evaluate_words(ckpt.model, part, ckpt.tokenizer) for part in (split.dev, split.test))
             print(dev_test_line(dev, test))
         else:
             corpus = load_corpus(args.data, tokenizer=ckpt.tokenizer)
-            with _autocast(device):
+            with _autocast(device, amp):
                 print(full_val(ckpt.model, corpus.val_ids, ckpt.model.config.block_size, device=device))
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pygpt eval: {err}") from None
     return 0
 
 
-def _autocast(device):
+def _autocast(device, amp: bool):
     import contextlib
 
     import torch
 
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

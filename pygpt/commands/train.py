@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             from pygpt.train import load_checkpoint
 
             best = load_checkpoint(Path(cfg.train.out_dir) / "best", device=trainer.device)
-            test = evaluate_words(best.model, words.test, words.tokenizer)
+            with trainer.autocast():  # (as the dev split was scored)
+                test = evaluate_words(best.model, words.test, words.tokenizer)
             print(dev_test_line(result.full_val, test))
         elif result.full_val is not None:
             print(result.full_val)

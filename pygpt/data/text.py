@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pygpt._fs import fsync_dir
+
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DEFAULT_DATA_DIR = Path("data")
@@ -56,6 +58,7 @@ def download_tiny_shakespeare(dest_dir: str | os.PathLike = DEFAULT_DATA_DIR, ur
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, dest)
+    fsync_dir(dest_dir)
     return dest
 
 

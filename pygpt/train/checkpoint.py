@@ -21,6 +21,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from pygpt._fs import fsync_dir, fsync_tree_files
 from pygpt.data import CharTokenizer
 
 FORMAT = "pygpt-checkpoint"
@@ -64,7 +65,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: CharTo
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
-        _fsync_dir_and_files(tmp)  # the files' contents reach the disk before the rename makes them the checkpoint
+        fsync_tree_files(tmp)  # the files' contents reach the disk before the rename makes them the checkpoint
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -75,35 +76,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: CharTo
             if old is not None and not path.exists():
                 os.replace(old, path)  # interrupted between the two renames: put the previous checkpoint back
             raise
-        _fsync_dir_and_files(path.parent, files=False)  # and the rename itself
+        fsync_dir(path.parent)  # and the rename itself
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _fsync_dir_and_files(directory: Path, files: bool = True) -> None:
-    """fsync the regular files directly in ``directory`` (when ``files``), then the directory's own entries."""
-    if files:
-        for entry in directory.iterdir():
-            if entry.is_file():
-                fd = os.open(entry, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # a platform that can't open directories (Windows): the files are synced already
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems don't sync directories; nothing more can be done there
-    finally:
-        os.close(fd)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -145,7 +145,8 @@ class Trainer:
             fn(self, **info)
 
     # -- pieces of the loop ------------------------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
+        """bf16 autocast on CUDA when cfg.amp, else nothing: what training and its scores run under."""
         if self.device.type == "cuda" and self.cfg.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -178,7 +179,7 @@ class Trainer:
         losses = []
         for _ in range(self.cfg.eval_iters):
             x, y = sampler.get_batch()
-            with self._autocast():
+            with self.autocast():
                 logits, _ = self.model(x)
             losses.append(self.loss_fn(logits, y).item())
         self.model.train()
@@ -347,7 +348,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         x, y = self.train_sampler.get_batch()
-        with self._autocast():
+        with self.autocast():
             logits, _ = self.train_model(x)
             loss = self.loss_fn(logits, y)
         loss.backward()
@@ -384,7 +385,7 @@ class Trainer:
         """Full-val score (EVAL.md) of the best checkpoint, also recorded in its config.json metadata."""
         best_dir = Path(self.cfg.out_dir) / "best"
         ckpt = load_checkpoint(best_dir, device=self.device)
-        with self._autocast():
+        with self.autocast():
             if self.evaluator is not None:
                 result = self.evaluator(ckpt.model)
             else:
