@@ -2,8 +2,8 @@
 decode attention + append in every layer, then the sampling op), streaming tokens as they come.
 
 With RoPE the cache is a ring buffer that keeps working once full: the oldest position is overwritten and
-generation goes on with a sliding window of block_size positions, for as long as asked: every REBASE_AT tokens the
-cache's positions are shifted back below 2 x block_size and its keys rotated to match (KVCache.rebase), since
+generation goes on with a sliding window of block_size positions, for as long as asked: when positions reach
+REBASE_AT the cache's are shifted back below 2 x block_size and its keys rotated to match (KVCache.rebase), since
 positions enter RoPE's angles in float32, whose precision runs out in the millions. With
 learned (or sinusoidal) absolute positions it cannot slide; past the window the engine recomputes the cropped
 context each step, as nanoGPT does, and says so once.
