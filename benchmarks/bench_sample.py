@@ -9,8 +9,8 @@ The kernel is timed through the public ops.sample with an rng_state (what a deco
 in-place offset advance; on CUDA also the lazy error check, which a captured CUDA graph leaves out). On CUDA each
 case also has a "graph" row: the same call captured in a CUDA graph and replayed (what the decode loop does),
 which leaves out the host's launch overhead - the split path for small batches is three launches.
-GB/s counts the logits read once. Cases: top-k 50 with top-p 0.9, and top-p 0.9 alone (the harder search: the
-nucleus is found over the whole vocabulary).
+GB/s counts the logits read once. Cases: top-k 50 alone and top-p 0.9 alone (the sampling issue's two targets),
+and both together.
 """
 
 import torch
@@ -21,7 +21,7 @@ from pygpt.benchmark import (Comparison, apply_benchmark_args, benchmark_parser,
 from pygpt.ops.sampling import sample_reference
 
 SHAPES = [(1, 65), (64, 65), (1, 32000), (64, 32000), (1, 128256), (64, 128256)]
-SETTINGS = [("k50 p0.9", 50, 0.9), ("p0.9", 0, 0.9)]
+SETTINGS = [("k50", 50, 1.0), ("k50 p0.9", 50, 0.9), ("p0.9", 0, 0.9)]
 TEMPERATURE = 0.8
 
 
