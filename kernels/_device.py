@@ -24,5 +24,11 @@ def sm_count(device: torch.device) -> int:
 
 
 def interpreting() -> bool:
-    """Whether Triton's CPU interpreter runs the kernels (TRITON_INTERPRET=1): small tiles keep it fast."""
+    """Whether Triton's CPU interpreter runs the kernels (TRITON_INTERPRET=1), whose numerics need workarounds."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def small_tiles() -> bool:
+    """Whether launchers pick small tiles: under the interpreter, where each tile op is a numpy call, unless
+    PYGPT_GPU_TILES=1 asks for the tiles compiled for a GPU (slower, but their masks and loops get checked)."""
+    return interpreting() and os.environ.get("PYGPT_GPU_TILES") != "1"

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import interpreting
+from ._device import small_tiles
 from ._dot import dot as _dot
 from ._dot import dot_f32
 from .kv_cache import advance_counters_triton
@@ -204,7 +204,7 @@ def _append_tokens(KC, VC, k1, k2, v, cache_base, length, tt, t_mask, i, hmask, 
 def _tile(dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_N keys a step, num_warps) of _partial, as compiled for sm_90 by pygpt.triton_aot: no spills in
     fp16/bf16; fp32's exact IEEE dots (no tensor cores) spill a little at any tile, least with these."""
-    if interpreting():
+    if small_tiles():
         return 16, 1
     return (16, 8) if dtype == torch.float32 else (64, 4)
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import interpreting
+from ._device import small_tiles
 from ._dot import dot as _dot
 from ._dot import dot_f32
 
@@ -278,8 +278,8 @@ _CONFIGS: dict[str, dict[tuple[int, bool], Config]] = {
 
 def _config(kernel: str, D: int, dtype: torch.dtype) -> Config:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of ``kernel`` in {fwd, dkdv, dq}. Small tiles under the CPU
-    interpreter, where each tile op is a numpy call."""
-    if interpreting():
+    interpreter, where each tile op is a numpy call (see small_tiles)."""
+    if small_tiles():
         return 16, 16, 1, 1
     fp32 = dtype == torch.float32
     return next(config for (max_d, is_fp32), config in _CONFIGS[kernel].items() if D <= max_d and is_fp32 == fp32)
@@ -347,11 +347,11 @@ def rope_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     sin = sin if rope else cos
     scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0
     delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-    rows = 16 if interpreting() else 64
+    rows = 16 if small_tiles() else 64
     _bwd_preprocess[(triton.cdiv(T, rows), B * H)](
         out, grad_out, delta, out.stride(0), out.stride(1), out.stride(2),
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), T, H,
-        D=D, BLOCK_D=block_d, BLOCK_M=rows, num_warps=1 if interpreting() else 4)
+        D=D, BLOCK_D=block_d, BLOCK_M=rows, num_warps=1 if small_tiles() else 4)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), scb)
     meta = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, CAUSAL=causal, ROPE=rope,

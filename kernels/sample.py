@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import interpreting, sm_count
+from ._device import sm_count, small_tiles
 
 NUM_PIVOTS = 16
 KEY_MAX = tl.constexpr(0x7F800000)  # key(-inf); every key of a valid z is in [0, KEY_MAX]
@@ -624,7 +624,7 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
         return out
     # Compiled: about 1K elements a tile (times NP in the bisection passes). Interpreted (tests on CPU): bigger
     # tiles, so that a batch of many short rows is a few programs.
-    tile = 65536 if interpreting() else 1024
+    tile = 65536 if small_tiles() else 1024
     if splits is None:
         splits = split_count(B, V, sm_count(logits.device)) if logits.is_cuda else 1
     splits = min(splits, SPLIT_MAX)
