@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pygpt.data import load_corpus
     from pygpt.data.words import dev_test_line, evaluate_words, load_words, looks_like_words
-    from pygpt.train import full_val, load_checkpoint, resolve_device
+    from pygpt.train import amp_autocast, full_val, load_checkpoint, resolve_device
 
     device = resolve_device(args.device)
     try:
@@ -31,23 +31,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--dataset words needs a word list: --data FILE (one word per line)")
             # The same seeded shuffle and split as training, scored with the checkpoint's own vocabulary.
             split = load_words(args.data)
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 dev, test = (evaluate_words(ckpt.model, part, ckpt.tokenizer) for part in (split.dev, split.test))
             print(dev_test_line(dev, test))
         else:
             corpus = load_corpus(args.data, tokenizer=ckpt.tokenizer)
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 print(full_val(ckpt.model, corpus.val_ids, ckpt.model.config.block_size, device=device))
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pygpt eval: {err}") from None
     return 0
-
-
-def _autocast(device, amp: bool):
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from pygpt.ops.rotary import rope_inv_freq
+from pygpt.ops.rotary import rope_inv_freq, rotate_pairs
 
 
 class LayerCache(NamedTuple):
@@ -82,9 +82,7 @@ class KVCache:
         cos = angles.cos().to(compute)[:, None, None, :]  # (B, 1, 1, D/2)
         sin = angles.sin().to(compute)[:, None, None, :]
         for k in self.k:
-            k1, k2 = k.to(compute).chunk(2, dim=-1)
-            # The inverse rotation by the shift's angle: x1 cos + x2 sin, x2 cos - x1 sin.
-            k.copy_(torch.cat([k1 * cos + k2 * sin, k2 * cos - k1 * sin], dim=-1))
+            k.copy_(rotate_pairs(k, cos, -sin))  # the inverse rotation by the shift's angle
         self.lengths.sub_(shift.to(self.lengths.dtype))
         self.starts.sub_(shift.to(self.starts.dtype))
         return shift

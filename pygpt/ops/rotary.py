@@ -48,10 +48,14 @@ def rotary_reference(x: torch.Tensor, positions: torch.Tensor, base: float = 100
     if angles.dim() == 2:
         angles = angles[None]
     cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]  # (B, T, 1, D/2)
-    if inverse:
-        sin = -sin
-    x1, x2 = x.to(compute).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    return rotate_pairs(x, cos, -sin if inverse else sin).to(x.dtype)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE with given tables: [x1 cos - x2 sin, x2 cos + x1 sin] for x's halves x1, x2 (..., D/2),
+    computed and returned in cos's dtype; cos and sin broadcast against x1. -sin rotates back."""
+    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 def check_rotary_args(x: torch.Tensor, positions: torch.Tensor) -> None:

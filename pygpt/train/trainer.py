@@ -34,6 +34,11 @@ from .optim import configure_optimizer, cosine_lr
 EVENTS = ("on_step_end", "on_eval", "on_checkpoint", "on_train_end")
 
 
+def amp_autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp`` (TrainConfig.amp), else nothing: what training and its scores run under."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp else contextlib.nullcontext()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,10 +151,7 @@ class Trainer:
 
     # -- pieces of the loop ------------------------------------------------------------------------------------
     def autocast(self):
-        """bf16 autocast on CUDA when cfg.amp, else nothing: what training and its scores run under."""
-        if self.device.type == "cuda" and self.cfg.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return amp_autocast(self.device, self.cfg.amp)
 
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
