@@ -209,6 +209,7 @@ def default_cases() -> dict[str, Callable[[], None]]:
         "rotary B8 H32 T2048 D128 bf16": _rotary(8, 2048, 32, 128, bf16),
         "rotary B2 H3 T5 D40 fp32": _rotary(2, 5, 3, 40, fp32),
         "rotary B1 H4 T1 D256 fp16": _rotary(1, 1, 4, 256, fp16),
+        "rotary B2 H3 T5 D40 fp64": _rotary(2, 5, 3, 40, torch.float64),
         "attention fwd B8 H32 T2048 D128 bf16": _attention(8, 2048, 32, 32, 128, bf16, backward=False),
         "attention fwd+bwd B64 H6 T256 D64 bf16 (heavy)": _attention(64, 256, 6, 6, 64, bf16, backward=True),
         "attention fwd+bwd B2 H8/2 T100 D128 fp32": _attention(2, 100, 8, 2, 128, fp32, backward=True),

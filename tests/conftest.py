@@ -8,6 +8,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# tests/cuda_sim (the CPU simulator that runs the CUDA C++ kernels here) imports as `cuda_sim`.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_sim import sim_ops  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -41,13 +47,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def cuda_sim():
+    """torch.ops.pygpt_cuda_sim: the CUDA C++ kernels built for the CPU simulator (tests/cuda_sim)."""
+    return sim_ops()
+
+
 @pytest.fixture
 def needs_triton():
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install .[test])")
 
-
-from pathlib import Path  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -88,14 +88,19 @@ def evict_impl(impl):
     return ops.kv_evict if impl == "cpp" else kv_evict_reference
 
 
+@pytest.mark.parametrize("impl", ["cpp", "cuda-sim"])
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-@pytest.mark.parametrize("B, Hkv, C, D, Tn", [(3, 2, 8, 16, 1), (4, 1, 5, 40, 5), (2, 3, 17, 8, 4)])
-def test_kv_append_matches_reference(dtype, B, Hkv, C, D, Tn):
+@pytest.mark.parametrize("B, Hkv, C, D, Tn", [(3, 2, 8, 16, 1), (4, 1, 5, 40, 5), (2, 3, 17, 8, 4),
+                                             (2, 2, 7, 300, 3)])
+def test_kv_append_matches_reference(impl, dtype, B, Hkv, C, D, Tn, request):
+    """Wrap-around (random_cache's lengths reach 3 C), Tn = C, a head_dim above the CUDA kernel's 256 threads.
+    "cuda-sim": the CUDA C++ kernel on the CPU simulator of tests/cuda_sim."""
+    append = ops.kv_append if impl == "cpp" else request.getfixturevalue("cuda_sim").kv_append_cuda
     cache = random_cache(B, Hkv, C, D, dtype)
     k, v = torch.randn(2, B, Tn, Hkv, D).to(dtype)
     expected = clone_all(*cache)
     kv_append_reference(*expected, k, v)
-    ops.kv_append(*cache, k, v)
+    append(*cache, k, v)
     for got, want in zip(cache, expected):
         assert torch.equal(got, want)
 
@@ -321,6 +326,34 @@ def test_decode_without_advance_leaves_the_counters(impl, request):
     assert not torch.equal(moved[2], counters[0])
     assert torch.equal(out_held, out_moved)
     assert torch.equal(held[0], moved[0]) and torch.equal(held[1], moved[1])
+
+
+# ---- the CUDA C++ kernels, on the CPU simulator of tests/cuda_sim (on a GPU: test_gpu_append_evict_backends) --
+def test_kv_append_cuda_strided_rows_and_bad_input(cuda_sim):
+    cache = random_cache(2, 2, 6, 8, torch.float32)
+    kv = torch.randn(2, 3, 2, 16)  # k and v as views of one projection
+    expected = clone_all(*cache)
+    kv_append_reference(*expected, kv[..., :8], kv[..., 8:])
+    cuda_sim.kv_append_cuda(*cache, kv[..., :8], kv[..., 8:])
+    assert all(torch.equal(a, b) for a, b in zip(cache, expected))
+    with pytest.raises(RuntimeError, match="cannot append 7 tokens at once to a cache of 6 slots"):
+        cuda_sim.kv_append_cuda(*cache, torch.randn(2, 7, 2, 8), torch.randn(2, 7, 2, 8))
+    with pytest.raises(RuntimeError, match="k must be .* in the cache's dtype"):
+        cuda_sim.kv_append_cuda(*cache, torch.randn(2, 1, 2, 8).double(), torch.randn(2, 1, 2, 8))
+    empty = [torch.zeros(0, 2, 6, 8), torch.zeros(0, 2, 6, 8), torch.zeros(0, dtype=torch.int32),
+             torch.zeros(0, dtype=torch.int32)]
+    cuda_sim.kv_append_cuda(*empty, torch.randn(0, 1, 2, 8), torch.randn(0, 1, 2, 8))  # B = 0: no launch
+
+
+def test_kv_evict_cuda_matches_reference(cuda_sim):
+    for seed in range(5):
+        _, _, lengths, starts = random_cache(300, 1, 7, 4, torch.float32, seed=seed)  # > one block of 256
+        counts = torch.randint(-1, 12, (300,), dtype=torch.int32, generator=torch.Generator().manual_seed(seed))
+        counts[:3] = torch.tensor([0, 2**31 - 1, -1], dtype=torch.int32)  # (starts + counts would overflow)
+        want = clone_all(lengths, starts)
+        kv_evict_reference(*want, counts)
+        cuda_sim.kv_evict_cuda(lengths, starts, counts)
+        assert torch.equal(lengths, want[0]) and torch.equal(starts, want[1])
 
 
 # ---- Triton kernels: through the CPU interpreter here, compiled on a GPU -----------------------------------

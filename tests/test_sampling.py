@@ -28,9 +28,14 @@ def _kernel(name):
     """A callable (logits, T, k, p, min_p, rng_state) -> ids running one kernel directly (no wrapper).
     "triton-chunks": the Triton kernel with 64-wide chunks, so that a row spans many of them;
     "triton-fast": also one row a program, which takes the fast path (histogram, compaction) for V > 64;
-    "triton-split": each row over 3 programs (the split path the GPU takes for small batches)."""
+    "triton-split": each row over 3 programs (the split path the GPU takes for small batches);
+    "cuda-sim": the CUDA C++ kernel on the CPU simulator of tests/cuda_sim."""
     if name == "cpp":
         return torch.ops.pygpt.sample
+    if name == "cuda-sim":
+        from cuda_sim import sim_ops
+
+        return sim_ops().sample_cuda
     if name.startswith("triton"):
         pytest.importorskip("triton")
         from pygpt.kernels.sample import sample_triton
@@ -44,7 +49,9 @@ def _kernel(name):
 
 
 def _device(name):
-    return "cpu" if name == "cpp" or (name.startswith("triton") and not torch.cuda.is_available()) else "cuda"
+    if name in ("cpp", "cuda-sim") or (name.startswith("triton") and not torch.cuda.is_available()):
+        return "cpu"
+    return "cuda"
 
 
 def exact_probs(logits, temperature, top_k, top_p, min_p):
@@ -105,7 +112,7 @@ def first_argmax(logits):
     return torch.where(is_max, torch.arange(x.shape[1]), x.shape[1]).amin(-1)
 
 
-KERNELS = ["cpp", "triton", "triton-chunks", "triton-fast", "triton-split"]
+KERNELS = ["cpp", "triton", "triton-chunks", "triton-fast", "triton-split", "cuda-sim"]
 CHI2_ROW = torch.tensor([2.0, 1.5, 1.4, 0.9, 0.7, 0.3, 0.1, -0.2, -0.5, -1.0, 1.8, -2.0, -INF, 1.0, 0.5, 0.0])
 # (temperature, top_k, top_p, min_p): every truncation on its own and together.
 CHI2_CASES = [(1.0, 0, 1.0, 0.0), (0.8, 6, 1.0, 0.0), (1.3, 0, 0.8, 0.0), (1.0, 0, 1.0, 0.2), (0.8, 9, 0.85, 0.05)]
@@ -132,11 +139,14 @@ def test_greedy_is_exact_argmax_with_ties_to_lowest_id(kernel, dtype):
 
 # ----------------------------------------------------------------------------------------------- support
 def _batch(kernel, B):
-    """Fewer rows for the one-row-a-program fast path under the interpreter (a program costs ~0.1 s there)."""
+    """Fewer rows for the one-row-a-program fast path under the interpreter (a program costs ~0.1 s there) and
+    for the simulated CUDA C++ kernel (a block of 512 simulated threads costs 1-10 ms)."""
+    if kernel == "cuda-sim":
+        return min(B, 600)
     return min(B, 8) if kernel == "triton-fast" and not torch.cuda.is_available() else B
 
 
-NEVER_OUTSIDE = [(kernel, V) for kernel in ("cpp", "triton") for V in (1, 2, 37, 1000, 3001)] + \
+NEVER_OUTSIDE = [(kernel, V) for kernel in ("cpp", "triton", "cuda-sim") for V in (1, 2, 37, 1000, 3001)] + \
     [("triton-chunks", 37), ("triton-chunks", 1000), ("triton-fast", 100), ("triton-fast", 300)]
 
 
@@ -155,7 +165,7 @@ def test_never_samples_outside_the_truncated_set(kernel, V):
     ok = allowed(logits, *params)
     greedy = params[0] == 0
     ok[greedy] = torch.nn.functional.one_hot(first_argmax(logits[greedy]), V).bool()
-    draws = 1 if kernel.startswith("triton") and device == "cpu" else 40
+    draws = 1 if (kernel.startswith("triton") and device == "cpu") or kernel == "cuda-sim" else 40
     state = ops.make_rng_state(123, device)
     logits_d = logits.to(device)
     args = _rows(B, *params, device=device)
@@ -287,7 +297,7 @@ def test_top_p_keeps_ties_at_the_cut(kernel):
     probs = exact_probs(TIED_ROWS, *_rows(2, *case))
     assert (probs > 0).sum(-1).tolist() == [3, 3]
     for r in range(2):
-        if B >= 1000:
+        if B >= 600:  # (>= 300 draws a row: >= 100 expected a token)
             assert chi2_pvalue(ids[rows == r], probs[r]) > 1e-3
         else:  # a few rows under the interpreter's one-program path: support only
             assert (probs[r, ids[rows == r]] > 0).all()
@@ -593,6 +603,59 @@ def test_torch_compile_fullgraph():
     ids = compiled(logits, state)
     assert state.tolist() == [4, 1]
     assert torch.equal(ids, ops.sample(logits, t, 10, 0.9, rng_state=ops.make_rng_state(4)))
+
+
+# ----------------------------------------------------------------------------------------------- CUDA C++ simulated
+# The kernel's paths: V <= 512 (one element a thread) goes to the general path (bisection of the thresholds
+# over the key range); a longer row tries the fast path (histogram, compaction, bitonic sort) and falls back
+# to the general one when more than 1024 candidates remain. The kernel-generic tests above run it as "cuda-sim"
+# (greedy, support, +-inf, ties, determinism); here the distributions.
+def test_sample_cuda_general_path_distribution(cuda_sim):
+    case = (0.8, 9, 0.85, 0.05)  # every truncation at once
+    B = 1500
+    ids = cuda_sim.sample_cuda(CHI2_ROW[None].expand(B, -1), *_rows(B, *case), ops.make_rng_state(2024))
+    assert chi2_pvalue(ids, exact_probs(CHI2_ROW[None], *case)[0]) > 1e-3
+
+
+LARGE_ROW = torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.5
+LARGE_ROW[:12] += torch.linspace(9, 5, 12)
+
+
+@pytest.mark.parametrize("case", [(1.0, 20, 0.9, 0.0), (0.7, 0, 0.8, 0.0), (1.0, 0, 1.0, 0.01),
+                                  (1.0, 0, 0.95, 0.0)])
+def test_sample_cuda_large_vocab_distribution(cuda_sim, case):
+    """Top-k, a sharp top-p and min-p keep few tokens (the fast path); top-p 0.95 keeps most of the tail (more
+    candidates than the fast path sorts: the general path)."""
+    B = 3000 if case[2] < 0.95 else 1000  # (the general path costs ~6 ms a row here, the fast path ~1 ms)
+    ids = cuda_sim.sample_cuda(LARGE_ROW[None].expand(B, -1), *_rows(B, *case), ops.make_rng_state(3))
+    probs = exact_probs(LARGE_ROW[None], *case)[0]
+    assert allowed(LARGE_ROW[None], *case)[0, ids].all()
+    assert chi2_pvalue(ids.clamp(max=12), torch.cat([probs[:12], probs[12:].sum()[None]])) > 1e-3
+
+
+def test_sample_cuda_bad_rows_and_greedy_over_blocks(cuda_sim):
+    logits = torch.randn(5, 2000)
+    logits[1, 7] = float("nan")
+    logits[2] = -INF
+    args = list(_rows(5, 0.0, 0, 1.0, 0.0))
+    args[2] = torch.tensor([1.0, 1.0, 1.0, 1.5, 1.0])  # row 3: top_p out of range
+    ids = cuda_sim.sample_cuda(logits, *args, ops.make_rng_state(0))
+    assert ids[1:4].tolist() == [-1, -2, -3]
+    assert ids[[0, 4]].tolist() == first_argmax(logits[[0, 4]]).tolist()
+
+
+def test_sample_cuda_results_do_not_depend_on_the_thread_schedule(cuda_sim, monkeypatch):
+    """Threads released from each barrier resume in a drawn order: the ids stay the same (no missing barrier)."""
+    logits = torch.randn(6, 3000) * 2
+    cases = [(0.8, 50, 0.9, 0.0), (1.0, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05)]
+    small = torch.randn(6, 100)
+    runs = []
+    for seed in ("", "1", "2"):
+        monkeypatch.setenv("CUDA_SIM_SCHEDULE_SEED", seed)
+        runs.append([cuda_sim.sample_cuda(x, *_rows(6, *case), ops.make_rng_state(4)) for x in (logits, small)
+                     for case in cases])
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
 
 
 # ----------------------------------------------------------------------------------------------- GPU

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../checks.h"
 
 namespace pygpt {
@@ -28,8 +30,14 @@ __global__ void rotary_kernel(const scalar_t* __restrict__ x, const index_t* __r
     const int h = j / half, i = j % half;
     // base^(-2i/D) in double rounded to float, then fp32 angles: the same values as every other backend.
     const float inv_freq = static_cast<float>(exp(-2.0 * i / D * log_base));
-    float s, c;
-    sincosf(p * inv_freq, &s, &c);
+    // fp32 angles; their cos and sin in acc_t (double for float64 x, as the reference and the CPU kernel).
+    const float angle = p * inv_freq;
+    acc_t s, c;
+    if constexpr (std::is_same_v<acc_t, double>) {
+      sincos(static_cast<double>(angle), &s, &c);
+    } else {
+      sincosf(angle, &s, &c);
+    }
     s *= sign;
     const acc_t a = static_cast<acc_t>(xr[h * D + i]), d = static_cast<acc_t>(xr[h * D + i + half]);
     outr[h * D + i] = static_cast<scalar_t>(a * c - d * s);
