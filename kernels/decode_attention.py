@@ -23,7 +23,7 @@ import triton.language as tl
 from ._device import small_tiles
 from ._dot import dot as _dot
 from ._dot import dot_f32
-from .kv_cache import advance_counters_triton
+from .kv_cache import advance_counters_triton, ring_slot
 
 LOG2E = 1.4426950408889634
 ONE_SPLIT_MAX_KEYS = 512  # caches up to this capacity are read by one program per (row, kv head), in one launch
@@ -102,7 +102,7 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML, OUT,
     for j0 in range(split * CHUNK, tl.minimum((split + 1) * CHUNK, n_old), BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
         kp = lo + j
-        row = (cache_base + kp % C)[:, None] * D
+        row = (cache_base + ring_slot(kp, C))[:, None] * D
         km = (j < n_old)[:, None] & hmask[None, :]
         k1 = tl.load(KC + row + i[None, :], mask=km, other=0.0)
         k2 = tl.load(KC + row + HALF + i[None, :], mask=km, other=0.0)
@@ -192,7 +192,7 @@ def _store_out(OUT, acc, l, b64, t, h, d, Tn, D: tl.constexpr, sob, sot, soh):
 def _append_tokens(KC, VC, k1, k2, v, cache_base, length, tt, t_mask, i, hmask, d, dmask, C, HALF: tl.constexpr,
                    D: tl.constexpr):
     """The new tokens' rotated key halves (fp32) and values into the cache, at slots (lengths + t) % C."""
-    slot = (cache_base + (length + tt) % C)[:, None] * D
+    slot = (cache_base + ring_slot(length + tt, C))[:, None] * D
     km = t_mask[:, None] & hmask[None, :]
     ty = KC.dtype.element_ty
     tl.store(KC + slot + i[None, :], k1.to(ty), mask=km)

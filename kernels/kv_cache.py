@@ -13,13 +13,21 @@ import triton.language as tl
 
 
 @triton.jit
+def ring_slot(position, C):
+    """The slot of ``position`` in a ring of C slots: in [0, C) for any position, so that counters a caller
+    corrupted (a negative length; int32 wrap-around) cannot index outside the cache (% keeps the dividend's sign)."""
+    slot = position % C
+    return tl.where(slot < 0, slot + C, slot)
+
+
+@triton.jit
 def _append_rows(KC, VC, K, V, LEN, skb, skt, skh, svb, svt, svh, Tn, Hkv, C,
                  D: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)  # one program per (b, t, head)
     h = pid % Hkv
     t = (pid // Hkv) % Tn
     b = pid // (Hkv * Tn)
-    slot = (tl.load(LEN + b) + t) % C
+    slot = ring_slot(tl.load(LEN + b) + t, C)
     d = tl.arange(0, BLOCK_D)
     mask = d < D
     b64 = b.to(tl.int64)

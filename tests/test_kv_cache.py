@@ -356,6 +356,34 @@ def test_kv_evict_cuda_matches_reference(cuda_sim):
         assert torch.equal(lengths, want[0]) and torch.equal(starts, want[1])
 
 
+# ---- corrupt counters: the GPU kernels trust them (checking would cost a host sync), but stay inside the cache --
+@pytest.mark.parametrize("impl", ["triton-append", "triton-decode", "triton-decode-split", "cuda-sim-append"])
+@pytest.mark.parametrize("length, start", [(-5, -5), (-3, -7), (2**31 - 2, 2**31 - 9)])
+def test_corrupt_counters_never_touch_memory_outside_the_cache(impl, length, start, request):
+    """A negative length, or one about to wrap int32, puts the new rows somewhere in the sequence's own ring (%
+    keeps the dividend's sign: such slots were negative, writing into the tensor before the cache)."""
+    Hkv, C, D, Tn = 2, 7, 16, 3
+    device = "cpu" if impl.startswith("cuda-sim") else DEVICE
+    if impl.startswith("triton"):
+        request.getfixturevalue("needs_triton")
+    guards = torch.full((2, 3, Hkv, C, D), 7.0, device=device)  # (k, v) x (guard, cache, guard)
+    k_cache, v_cache = guards[0, 1:2], guards[1, 1:2]  # contiguous views between the guards
+    lengths = torch.tensor([length], dtype=torch.int32, device=device)
+    starts = torch.tensor([start], dtype=torch.int32, device=device)
+    k, v = torch.randn(2, 1, Tn, Hkv, D, device=device)
+    if impl == "triton-append":
+        from pygpt.kernels.kv_cache import kv_append_triton
+
+        kv_append_triton(k_cache, v_cache, lengths, starts, k, v)
+    elif impl == "cuda-sim-append":
+        request.getfixturevalue("cuda_sim").kv_append_cuda(k_cache, v_cache, lengths, starts, k, v)
+    else:
+        q = torch.randn(1, Tn, 2 * Hkv, D, device=device)
+        triton_decode(q, k, v, k_cache, v_cache, lengths, starts, splits=3 if impl.endswith("split") else None)
+    assert (guards[:, [0, 2]] == 7.0).all(), "a write landed outside the cache"
+    assert (k_cache != 7.0).any(dim=-1).sum() == Tn * Hkv  # each new row went to a slot of its own
+
+
 # ---- Triton kernels: through the CPU interpreter here, compiled on a GPU -----------------------------------
 
 

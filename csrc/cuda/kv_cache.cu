@@ -21,7 +21,10 @@ __global__ void append_rows_kernel(scalar_t* __restrict__ k_cache, scalar_t* __r
   const int64_t row = blockIdx.x;  // (b, t, h)
   const int h = row % Hkv, t = (row / Hkv) % Tn;
   const int64_t b = row / (static_cast<int64_t>(Hkv) * Tn);
-  const int slot = (lengths[b] + t) % C;
+  // In [0, C) whatever the counters hold (% keeps the dividend's sign): a negative length from a caller's
+  // corrupted counters must not write outside the cache.
+  int slot = static_cast<int>((static_cast<int64_t>(lengths[b]) + t) % C);
+  slot += slot < 0 ? C : 0;
   const int64_t dst = ((b * Hkv + h) * C + slot) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     k_cache[dst + d] = k[b * skb + t * skt + h * skh + d];
