@@ -73,8 +73,12 @@ def sim_ops():
     """torch.ops.pygpt_cuda_sim, built on first use; skips the calling test where the simulator cannot run."""
     import pytest
 
+    from torch.utils import cpp_extension
+
     if not supported():
         pytest.skip("the CUDA simulator runs on x86-64 Linux only (its fibers switch stacks in assembly)")
+    if not cpp_extension.is_ninja_available():
+        pytest.skip("the CUDA simulator's build needs ninja (pip install '.[test]')")
     load()
     return torch.ops.pygpt_cuda_sim
 
