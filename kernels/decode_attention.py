@@ -200,7 +200,6 @@ def _append_tokens(KC, VC, k1, k2, v, cache_base, length, tt, t_mask, i, hmask, 
     tl.store(VC + slot + d[None, :], v.to(VC.dtype.element_ty), mask=t_mask[:, None] & dmask[None, :])
 
 
-
 def _tile(dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_N keys a step, num_warps) of _partial, as compiled for sm_90 by pygpt.triton_aot: no spills in
     fp16/bf16; fp32's exact IEEE dots (no tensor cores) spill a little at any tile, least with these."""

@@ -258,7 +258,6 @@ def _bwd_dq(Q, K, V, COS, SIN, DO, LSE, DELTA, DQ,
                     HALF, BLOCK_HALF, ROPE)
 
 
-
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, by head dim and dtype, for Hopper. Chosen so that no
 # kernel needs more shared memory than a block may have (227 KB) and none spills registers, as compiled ahead of
 # time for sm_90 by pygpt.triton_aot (`python -m pygpt.triton_aot --only attention` prints what each one costs).

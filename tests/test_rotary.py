@@ -45,17 +45,25 @@ def test_cpp_matches_reference(shape, dtype, per_batch):
     assert_close(out, rotary_reference(x.double(), positions, base), dtype)
 
 
+@pytest.mark.parametrize("impl", ["triton", "cuda-sim"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-def test_triton_matches_reference(shape, dtype, needs_triton):
-    from pygpt.kernels.rotary import rotary_triton
+def test_gpu_kernels_match_reference(impl, shape, dtype, request):
+    """The Triton kernel (interpreted on CPU, compiled on a GPU) and the CUDA C++ kernel (on the CPU simulator of
+    tests/cuda_sim; compiled by nvcc and run on a GPU by test_gpu_op_matches_reference)."""
+    if impl == "triton":
+        request.getfixturevalue("needs_triton")
+        from pygpt.kernels.rotary import rotary_triton as kernel
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        kernel, device = request.getfixturevalue("cuda_sim").rotary_cuda, "cpu"
     i = SHAPES.index(shape)  # per-batch positions for even B: each layout with each index dtype, and base 500
     index_dtype, base = INDEX_DTYPES[(i // 2) % 2], 500.0 if i % 3 == 2 else 10000.0
     x, positions = _inputs(shape, dtype, device=device, per_batch=shape[0] % 2 == 0, index_dtype=index_dtype)
     for inverse in (False, True):
-        out = rotary_triton(x, positions, base, inverse)
+        out = kernel(x, positions, base, inverse)
+        assert out.dtype == dtype
         assert_close(out, rotary_reference(x.double(), positions, base, inverse=inverse), dtype)
 
 
@@ -179,24 +187,11 @@ def test_cpp_op_checks_its_arguments_too():
         torch.ops.pygpt.rotary(torch.randn(1, 3, 2, 8), torch.arange(5), 10000.0, False)
 
 
-# ---- the CUDA C++ kernel, on the CPU simulator of tests/cuda_sim (compiled by nvcc and run on a GPU below) ---
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-def test_rotary_cuda_matches_reference(cuda_sim, shape, dtype):
-    i = SHAPES.index(shape)  # both layouts and index dtypes across the shapes, base 500 in a third of them
-    index_dtype, base = INDEX_DTYPES[i % 2], 500.0 if i % 3 == 2 else 10000.0
-    x, positions = _inputs(shape, dtype, per_batch=(i // 2) % 2 == 0, index_dtype=index_dtype)
-    for inverse in (False, True):
-        out = cuda_sim.rotary_cuda(x, positions, base, inverse)
-        assert out.dtype == dtype
-        assert_close(out, rotary_reference(x.double(), positions.long(), base, inverse), dtype)
-
-
+# ---- the CUDA C++ kernel, on the CPU simulator of tests/cuda_sim --------------------------------------------
 def test_rotary_cuda_checks_its_arguments(cuda_sim):
     with pytest.raises(RuntimeError, match="head_dim .* must be even"):
         cuda_sim.rotary_cuda(torch.randn(1, 3, 2, 7), torch.arange(3), 10000.0, False)
     assert cuda_sim.rotary_cuda(torch.randn(0, 3, 2, 8), torch.arange(3), 10000.0, False).shape == (0, 3, 2, 8)
-
 
 
 @pytest.mark.gpu

@@ -645,7 +645,8 @@ def test_sample_cuda_bad_rows_and_greedy_over_blocks(cuda_sim):
 
 
 def test_sample_cuda_results_do_not_depend_on_the_thread_schedule(cuda_sim, monkeypatch):
-    """Threads released from each barrier resume in a drawn order: the ids stay the same (no missing barrier)."""
+    """Under drawn schedules (CUDA_SIM_SCHEDULE_SEED: block, thread and warp orders) the ids stay the same: no
+    barrier is missing."""
     logits = torch.randn(6, 3000) * 2
     cases = [(0.8, 50, 0.9, 0.0), (1.0, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05)]
     small = torch.randn(6, 100)

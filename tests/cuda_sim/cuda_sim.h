@@ -155,7 +155,7 @@ struct ReadyQueue {
 };
 
 struct Block {
-  std::function<void()> body;
+  const std::function<void()>* body = nullptr;  // the kernel call, the same for every block
   int n = 0;
   int current = 0;
   std::vector<void*> sp;  // each waiting thread's saved stack pointer
@@ -292,7 +292,7 @@ inline T from_bits(uint64_t r) {
 // waiting at a barrier this one never reaches stay waiting; the scheduler reports that.
 [[noreturn]] inline void thread_main() {
   Block& b = *g_block;
-  b.body();
+  (*b.body)();
   b.done[b.current] = 1;
   switch_away(nullptr);
   __builtin_unreachable();
@@ -406,7 +406,7 @@ struct Launch {
     blockDim = block;
     for (uint64_t id : order) {
       auto b = std::make_unique<Block>();
-      b->body = body;
+      b->body = &body;
       b->n = static_cast<int>(block.x * block.y * block.z);
       b->sp.resize(b->n);
       b->done.assign(b->n, 0);
