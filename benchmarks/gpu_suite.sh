@@ -12,6 +12,9 @@
 #              mode (no cache, cache, CUDA graph, each torch.compile'd too)
 #   heavy-ref  train the heavy preset again on the Torch reference path (same seed): with heavy's log, the
 #              fused-vs-reference comparison of the attention issue
+#   tiles      time every candidate tile of the Triton attention kernels (fwd, dkdv, dq) at the attention issue's
+#              shapes against the tiles in kernels/rope_attention.py (benchmarks/sweep_attention_tiles.py), once
+#              the kernels stage has shown what they reach
 #   tests, bench  kernels in two halves, for a second call when the first ran out of time (a call on a still-warm
 #              machine skips the build and every step that succeeded there before - see step(); without the warm
 #              cache the benchmarks' first runs include compiling)
@@ -246,6 +249,10 @@ heavy() {
   TAIL=7 step "$log" 240 "generate, heavy model" $py -m pygpt.cli bench generate --checkpoint "$work/heavy-fused/best"
 }
 
+tiles() {
+  step "$out/tiles.log" 480 "attention tile sweep" $py "$repo/benchmarks/sweep_attention_tiles.py" --jobs 14
+}
+
 heavy_ref() {
   heavy_train "$out/heavy-ref.log" "heavy, Torch reference path" reference "$work/heavy-reference"
 }
@@ -265,7 +272,8 @@ for stage in $stages; do
     bench) benches ;;
     heavy) heavy ;;
     heavy-ref) heavy_ref ;;
-    *) note "unknown stage '$stage' (kernels = tests + bench, heavy, heavy-ref; wheel alone)"; exit 2 ;;
+    tiles) tiles ;;
+    *) note "unknown stage '$stage' (kernels = tests + bench, heavy, heavy-ref, tiles; wheel alone)"; exit 2 ;;
   esac
 done
 exit "$status"

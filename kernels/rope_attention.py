@@ -83,6 +83,33 @@ def _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b, HALF
 
 
 @triton.jit
+def _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_b, sin_b, m_i, l_i, acc,
+              HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr, ROPE: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+              MASKED: tl.constexpr):
+    """One step of the online softmax over the key tile at start_n. MASKED=False for a tile every query row of
+    the block sees whole (inside T, and before the block's first row when causal): no mask on the scores, and
+    every row's running max is finite (the softmax's elementwise work is what bounds this loop on Hopper)."""
+    s, valid, k1, k2, offs_n, n_mask = _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b,
+                                                        HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION,
+                                                        DOT_F32)
+    if MASKED:
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see no key of the tile yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = m_new
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
+                mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, DOT_F32)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _fwd(Q, K, V, COS, SIN, OUT, LSE,
          sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, scb,
          T, H, GROUPS, qk_scale,
@@ -100,23 +127,26 @@ def _fwd(Q, K, V, COS, SIN, OUT, LSE,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    hi = tl.minimum(T, (tl.program_id(0) + 1) * BLOCK_M) if CAUSAL else T
+    # Key tiles [0, whole) are seen whole by every row of the block: unmasked; [whole, hi) are masked (the
+    # diagonal when causal, the tile that crosses T). The masked loop has at most BLOCK_M / BLOCK_N + 1 tiles and
+    # is not software-pipelined: pipelining both loops took the sm_90 build from 200 to 236 registers at the
+    # prefill shape and made the heavy shape spill (python -m pygpt.triton_aot --only attention).
+    if CAUSAL:
+        hi = tl.minimum(T, (tl.program_id(0) + 1) * BLOCK_M)
+        whole = (tl.program_id(0) * BLOCK_M // BLOCK_N) * BLOCK_N
+    else:
+        hi = T
+        whole = (T // BLOCK_N) * BLOCK_N
     k_base = K + b64 * skb + hk * skh
     v_base = V + b64 * svb + hk * svh
-    for start_n in range(0, hi, BLOCK_N):
-        s, valid, k1, k2, offs_n, n_mask = _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b,
-                                                            HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION,
-                                                            DOT_F32)
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key at all
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
-                    mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(dtype), v, PRECISION, DOT_F32)
-        m_i = m_new
+    for start_n in range(0, whole, BLOCK_N):
+        m_i, l_i, acc = _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_b, sin_b,
+                                  m_i, l_i, acc, HALF, BLOCK_HALF, D, BLOCK_N, CAUSAL, ROPE, PRECISION, DOT_F32,
+                                  MASKED=False)
+    for start_n in tl.range(whole, hi, BLOCK_N, num_stages=1):
+        m_i, l_i, acc = _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_b, sin_b,
+                                  m_i, l_i, acc, HALF, BLOCK_HALF, D, BLOCK_N, CAUSAL, ROPE, PRECISION, DOT_F32,
+                                  MASKED=True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(OUT + b64 * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], out.to(dtype),

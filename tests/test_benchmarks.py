@@ -2,6 +2,7 @@
 every ratio it prints meaningless, so each is compared with the op's reference here (CPU, small shapes)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def load(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 
@@ -70,3 +72,29 @@ def test_comparison_table_shows_the_share_of_copy_bandwidth(capsys):
     assert "6.0 GB/s" in lines[1]
     assert lines[3].split()[-3:] == ["2.00x", "3.0", "50.0%"]  # 3 MB in 1 ms = 3 GB/s = half of 6
     assert lines[4].split()[-3:] == ["0.25x", "-", "-"]
+
+
+def test_attention_tile_sweep_checks_and_times_every_candidate(needs_triton, capsys):
+    """The sweep's own run (tiny shapes, interpreted tiles): every kernel, every candidate timed against the table
+    tile, which is marked; nothing flagged wrong (the candidates compute the same attention)."""
+    sweep = load("sweep_attention_tiles")
+    if torch.cuda.is_available():
+        pytest.skip("the smoke sweep runs interpreted; on a GPU run the sweep itself")
+    assert sweep.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    for kernel in ("fwd", "dkdv", "dq"):
+        block = out.split(f"{kernel} B1 T33")[1].split("table tile")[1].splitlines()[1:4]
+        assert len(block) == len(sweep.candidates(smoke=True)) and all(" ms " in row for row in block), block
+        assert sum("<- table" in row for row in block) == 1
+    assert "WRONG" not in out and "failed" not in out
+
+
+def test_attention_tile_sweep_rejects_a_wrong_or_nan_candidate():
+    sweep = load("sweep_attention_tiles")
+    want = (torch.randn(4, 8), torch.randn(4))
+    assert sweep.agrees(tuple(t + 1e-6 for t in want), want, torch.float32)
+    assert not sweep.agrees((want[0] * 1.01, want[1]), want, torch.float32)
+    assert not sweep.agrees((want[0], want[1].flip(0)), want, torch.bfloat16)
+    nan = want[0].clone()
+    nan[1, 2] = float("nan")
+    assert not sweep.agrees((nan, want[1]), want, torch.bfloat16)
