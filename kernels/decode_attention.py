@@ -21,8 +21,6 @@ import triton
 import triton.language as tl
 
 from ._device import small_tiles
-from ._dot import dot as _dot
-from ._dot import dot_f32
 from .kv_cache import advance_counters_triton, ring_slot
 
 LOG2E = 1.4426950408889634
@@ -44,16 +42,16 @@ def _rotate(x1, x2, pos, INV_FREQ, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
 
 
 @triton.jit
-def _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+def _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION: tl.constexpr):
     """One online-softmax step of the query rows (BLOCK_R, .) over a key tile; scores in log2 units."""
-    s = _dot(q1, tl.trans(k1), PRECISION, DOT_F32) + _dot(q2, tl.trans(k2), PRECISION, DOT_F32)
+    s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION) + tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
     s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(s - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, DOT_F32)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
 
 
@@ -63,7 +61,7 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML, OUT,
              Hkv, C, Tn, GROUPS, qk_scale, CHUNK, NSPLIT,
              HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, ROPE: tl.constexpr,
-             PRECISION: tl.constexpr, DOT_F32: tl.constexpr, FUSED: tl.constexpr):
+             PRECISION: tl.constexpr, FUSED: tl.constexpr):
     """FUSED (one split): also the merge's work - the output and the append - with no workspace."""
     bhk = tl.program_id(0)
     split = tl.program_id(1)
@@ -109,7 +107,7 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML, OUT,
         v = tl.load(VC + row + d[None, :], mask=(j < n_old)[:, None] & dmask[None, :], other=0.0)
         # Every old key precedes every query row; a later row no longer sees the keys C or more behind it.
         visible = (j < n_old)[None, :] & r_mask[:, None] & (kp[None, :] > p_row[:, None] - C)
-        m_i, l_i, acc = _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION, DOT_F32)
+        m_i, l_i, acc = _attend_tile(q1, q2, k1, k2, v, visible, m_i, l_i, acc, PRECISION)
     # The Tn new keys, rotated here at positions length + t: once, by the last split.
     if split == NSPLIT - 1:
         tt = tl.arange(0, BLOCK_T)
@@ -122,7 +120,7 @@ def _partial(Q, KN, VN, KC, VC, LEN, START, INV_FREQ, WS_ACC, WS_ML, OUT,
         v = tl.load(VN + b64 * svb + tt[:, None] * svt + hk * svh + d[None, :],
                     mask=t_mask[:, None] & dmask[None, :], other=0.0).to(ty)
         visible = t_mask[None, :] & r_mask[:, None] & (tt[None, :] <= t[:, None]) & (tt[None, :] > t[:, None] - C)
-        m_i, l_i, acc = _attend_tile(q1, q2, k1.to(ty), k2.to(ty), v, visible, m_i, l_i, acc, PRECISION, DOT_F32)
+        m_i, l_i, acc = _attend_tile(q1, q2, k1.to(ty), k2.to(ty), v, visible, m_i, l_i, acc, PRECISION)
         if FUSED:
             # Every read of the cache is done (the new tokens' slots held keys the earlier rows still saw).
             tl.debug_barrier()
@@ -258,7 +256,7 @@ def rope_decode_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         Hkv, C, Tn, groups, scale * LOG2E, chunk, nsplit,
         BLOCK_N=block_n, BLOCK_T=block_t, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_F32=dot_f32(q.dtype), FUSED=fused,
+        FUSED=fused,
         num_warps=warps, **common)
     if not fused:
         _merge[(B * Hkv,)](

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import interpreting, sm_count
+from ._device import sm_count
 
 # Matches pygpt.ops.linear.NORMS / ACTS (constexpr: a kernel may read no other globals).
 NORM_NONE, NORM_LAYER, NORM_RMS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -21,26 +21,21 @@ ACT_NONE, ACT_GELU, ACT_SWIGLU = tl.constexpr(0), tl.constexpr(1), tl.constexpr(
 
 
 @triton.jit
-def _rounded(x, ty: tl.constexpr, RNE_BY_HAND: tl.constexpr):
-    """x rounded to dtype ty (to nearest even), kept in x's dtype. Triton's interpreter casts float32 to bfloat16
-    by truncation, a systematic bias a GPU does not have; under it (RNE_BY_HAND) bfloat16 is rounded on the bits."""
-    if RNE_BY_HAND and ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
+def _rounded(x, ty: tl.constexpr):
+    """x rounded to dtype ty (to nearest even), kept in x's dtype."""
     return x.to(ty).to(x.dtype)
 
 
 @triton.jit
 def _normalised(x_row, g_ptr, beta_ptr, offs, kmask, shift, scale, NORM: tl.constexpr, HAS_BETA: tl.constexpr,
-                w_ty: tl.constexpr, acc_ty: tl.constexpr, RNE_BY_HAND: tl.constexpr):
+                w_ty: tl.constexpr, acc_ty: tl.constexpr):
     """The slice offs of norm(x), rounded to the weight dtype (what autocast feeds a matmul), 0 outside K."""
     h = tl.load(x_row + offs, mask=kmask, other=0.0).to(acc_ty)
     if NORM != NORM_NONE:
         h = (h - shift) * scale * tl.load(g_ptr + offs, mask=kmask, other=0.0).to(acc_ty)
         if HAS_BETA:
             h += tl.load(beta_ptr + offs, mask=kmask, other=0.0).to(acc_ty)
-    return tl.where(kmask, _rounded(h, w_ty, RNE_BY_HAND), 0.0)
+    return tl.where(kmask, _rounded(h, w_ty), 0.0)
 
 
 @triton.jit
@@ -53,8 +48,7 @@ def _row_dot(w_ptr, rows, row_mask, offs, kmask, h, K):
 @triton.jit
 def _fused_linear_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, res_ptr, out_ptr, N, K, eps,
                          NORM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BETA: tl.constexpr,
-                         HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         RNE_BY_HAND: tl.constexpr):
+                         HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # One flat grid axis (a grid's second axis stops at 65535 rows): the N blocks of row 0, then of row 1, ...
     n_blocks = tl.cdiv(N, BLOCK_N)
     row = (tl.program_id(0) // n_blocks).to(tl.int64)
@@ -86,8 +80,7 @@ def _fused_linear_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, res_ptr, out_ptr,
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         kmask = offs < K
-        h = _normalised(x_row, g_ptr, beta_ptr, offs, kmask, shift, scale, NORM, HAS_BETA, w_ty, acc_ty,
-                        RNE_BY_HAND)
+        h = _normalised(x_row, g_ptr, beta_ptr, offs, kmask, shift, scale, NORM, HAS_BETA, w_ty, acc_ty)
         acc += _row_dot(w_ptr, cols, col_mask, offs, kmask, h, K)
         if ACT == ACT_SWIGLU:
             acc_up += _row_dot(w_ptr, cols + N, col_mask, offs, kmask, h, K)
@@ -100,10 +93,10 @@ def _fused_linear_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, res_ptr, out_ptr,
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
     elif ACT == ACT_SWIGLU:
         acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-    y = _rounded(acc, w_ty, RNE_BY_HAND)  # the matmul's output dtype
+    y = _rounded(acc, w_ty)  # the matmul's output dtype
     out_ty = out_ptr.dtype.element_ty
     if HAS_RES:
-        y = _rounded(tl.load(res_ptr + row * N + cols, mask=col_mask, other=0.0).to(acc_ty) + y, out_ty, RNE_BY_HAND)
+        y = _rounded(tl.load(res_ptr + row * N + cols, mask=col_mask, other=0.0).to(acc_ty) + y, out_ty)
     tl.store(out_ptr + row * N + cols, y.to(out_ty), mask=col_mask)
 
 
@@ -135,6 +128,5 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         norm_bias if (layer_norm and norm_bias is not None) else weight,
         residual if residual is not None else out, out, N, K, float(eps),
         NORM=norm, ACT=act, HAS_BIAS=bias is not None, HAS_BETA=layer_norm and norm_bias is not None,
-        HAS_RES=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-        RNE_BY_HAND=interpreting(), num_warps=4)
+        HAS_RES=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return out

@@ -21,8 +21,6 @@ import triton
 import triton.language as tl
 
 from ._device import small_tiles
-from ._dot import dot as _dot
-from ._dot import dot_f32
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -66,7 +64,7 @@ def _query_block(T, H, GROUPS, BLOCK_M: tl.constexpr):
 @triton.jit
 def _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b, HALF: tl.constexpr,
                      BLOCK_HALF: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-                     PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+                     PRECISION: tl.constexpr):
     """Scores (BLOCK_M, BLOCK_N) of the query tile against the key tile at start_n, which of them are real keys
     (inside T, causal), the tile's rotated keys in q's dtype, and its key rows."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -74,8 +72,8 @@ def _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b, HALF
     k1, k2 = _load_rotated_halves(k_base, offs_n, skt, n_mask, cos_b, sin_b, HALF, BLOCK_HALF, ROPE)
     k1 = k1.to(q1.dtype)
     k2 = k2.to(q1.dtype)
-    s = _dot(q1, tl.trans(k1), PRECISION, DOT_F32)
-    s += _dot(q2, tl.trans(k2), PRECISION, DOT_F32)
+    s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION)
+    s += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
     valid = n_mask[None, :]
     if CAUSAL:
         valid = valid & (offs_m[:, None] >= offs_n[None, :])
@@ -85,14 +83,13 @@ def _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b, HALF
 @triton.jit
 def _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_b, sin_b, m_i, l_i, acc,
               HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-              CAUSAL: tl.constexpr, ROPE: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+              CAUSAL: tl.constexpr, ROPE: tl.constexpr, PRECISION: tl.constexpr,
               MASKED: tl.constexpr):
     """One step of the online softmax over the key tile at start_n. MASKED=False for a tile every query row of
     the block sees whole (inside T, and before the block's first row when causal): no mask on the scores, and
     every row's running max is finite (the softmax's elementwise work is what bounds this loop on Hopper)."""
     s, valid, k1, k2, offs_n, n_mask = _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b,
-                                                        HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION,
-                                                        DOT_F32)
+                                                        HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION)
     if MASKED:
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -105,7 +102,7 @@ def _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
                 mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, DOT_F32)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
 
 
@@ -115,7 +112,7 @@ def _fwd(Q, K, V, COS, SIN, OUT, LSE,
          T, H, GROUPS, qk_scale,
          HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-         PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+         PRECISION: tl.constexpr):
     bh, b64, h, hk, offs_m, m_mask = _query_block(T, H, GROUPS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     cos_b = COS + b64 * scb
@@ -141,11 +138,11 @@ def _fwd(Q, K, V, COS, SIN, OUT, LSE,
     v_base = V + b64 * svb + hk * svh
     for start_n in range(0, whole, BLOCK_N):
         m_i, l_i, acc = _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_b, sin_b,
-                                  m_i, l_i, acc, HALF, BLOCK_HALF, D, BLOCK_N, CAUSAL, ROPE, PRECISION, DOT_F32,
+                                  m_i, l_i, acc, HALF, BLOCK_HALF, D, BLOCK_N, CAUSAL, ROPE, PRECISION,
                                   MASKED=False)
     for start_n in tl.range(whole, hi, BLOCK_N, num_stages=1):
         m_i, l_i, acc = _fwd_tile(q1, q2, k_base, v_base, skt, svt, start_n, offs_m, offs_d, T, cos_b, sin_b,
-                                  m_i, l_i, acc, HALF, BLOCK_HALF, D, BLOCK_N, CAUSAL, ROPE, PRECISION, DOT_F32,
+                                  m_i, l_i, acc, HALF, BLOCK_HALF, D, BLOCK_N, CAUSAL, ROPE, PRECISION,
                                   MASKED=True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -195,7 +192,7 @@ def _bwd_dkdv(Q, K, V, COS, SIN, DO, LSE, DELTA, DK, DV,
               T, H, HKV, GROUPS, qk_scale, sm_scale,
               HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-              PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+              PRECISION: tl.constexpr):
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HKV
@@ -226,8 +223,8 @@ def _bwd_dkdv(Q, K, V, COS, SIN, DO, LSE, DELTA, DK, DV,
             m_mask = offs_m < T
             q1, q2 = _load_query_halves(q_base, offs_m, sqt, m_mask, cos_b, sin_b, qk_scale, HALF, BLOCK_HALF, ROPE)
             # s^T (keys x queries), in log2 units
-            st = _dot(k1, tl.trans(q1), PRECISION, DOT_F32)
-            st += _dot(k2, tl.trans(q2), PRECISION, DOT_F32)
+            st = tl.dot(k1, tl.trans(q1), input_precision=PRECISION)
+            st += tl.dot(k2, tl.trans(q2), input_precision=PRECISION)
             lse = tl.load(LSE + row_base + offs_m, mask=m_mask, other=0.0) * 1.4426950408889634
             valid = n_mask[:, None] & m_mask[None, :]
             if CAUSAL:
@@ -235,13 +232,13 @@ def _bwd_dkdv(Q, K, V, COS, SIN, DO, LSE, DELTA, DK, DV,
             pt = tl.where(valid, tl.exp2(st - lse[None, :]), 0.0)
             do = tl.load(do_base + offs_m[:, None] * sdt + offs_d[None, :],
                          mask=m_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-            dv += _dot(pt.to(dtype), do, PRECISION, DOT_F32)
-            dpt = _dot(v, tl.trans(do), PRECISION, DOT_F32)
+            dv += tl.dot(pt.to(dtype), do, input_precision=PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             delta = tl.load(DELTA + row_base + offs_m, mask=m_mask, other=0.0)
             dst = (pt * (dpt - delta[None, :])).to(dtype)
             # d(scores)/d(k~) = scale * q~ ; q1/q2 above carry scale * log2(e), so divide the log2(e) back out.
-            dk1 += _dot(dst, q1, PRECISION, DOT_F32)
-            dk2 += _dot(dst, q2, PRECISION, DOT_F32)
+            dk1 += tl.dot(dst, q1, input_precision=PRECISION)
+            dk2 += tl.dot(dst, q2, input_precision=PRECISION)
     _unrotate_store(DK + b64 * sdkb + hk * sdkh, offs_n, sdkt, n_mask, dk1, dk2, cos_b, sin_b, 0.6931471805599453,
                     HALF, BLOCK_HALF, ROPE)
     tl.store(DV + b64 * sdvb + hk * sdvh + offs_n[:, None] * sdvt + offs_d[None, :], dv.to(dtype),
@@ -255,7 +252,7 @@ def _bwd_dq(Q, K, V, COS, SIN, DO, LSE, DELTA, DQ,
             T, H, GROUPS, qk_scale, sm_scale,
             HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr,
-            PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+            PRECISION: tl.constexpr):
     bh, b64, h, hk, offs_m, m_mask = _query_block(T, H, GROUPS, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     cos_b = COS + b64 * scb
@@ -275,15 +272,14 @@ def _bwd_dq(Q, K, V, COS, SIN, DO, LSE, DELTA, DQ,
     v_base = V + b64 * svb + hk * svh
     for start_n in range(0, hi, BLOCK_N):
         s, valid, k1, k2, offs_n, n_mask = _key_tile_scores(q1, q2, k_base, skt, start_n, offs_m, T, cos_b, sin_b,
-                                                            HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION,
-                                                            DOT_F32)
+                                                            HALF, BLOCK_HALF, BLOCK_N, CAUSAL, ROPE, PRECISION)
         p = tl.where(valid & m_mask[:, None], tl.exp2(s - lse[:, None]), 0.0)
         v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :],
                     mask=n_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        dp = _dot(do, tl.trans(v), PRECISION, DOT_F32)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = (p * (dp - delta[:, None])).to(dtype)
-        dq1 += _dot(ds, k1, PRECISION, DOT_F32)
-        dq2 += _dot(ds, k2, PRECISION, DOT_F32)
+        dq1 += tl.dot(ds, k1, input_precision=PRECISION)
+        dq2 += tl.dot(ds, k2, input_precision=PRECISION)
     _unrotate_store(DQ + b64 * sdqb + h * sdqh, offs_m, sdqt, m_mask, dq1, dq2, cos_b, sin_b, sm_scale,
                     HALF, BLOCK_HALF, ROPE)
 
@@ -357,7 +353,7 @@ def rope_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), scb,
                T, H, H // Hkv, scale * LOG2E,
                HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-               CAUSAL=causal, ROPE=rope, PRECISION=precision, DOT_F32=dot_f32(q.dtype), num_warps=warps,
+               CAUSAL=causal, ROPE=rope, PRECISION=precision, num_warps=warps,
                num_stages=stages)
     return out, lse
 
@@ -384,7 +380,7 @@ def rope_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), scb)
     meta = dict(HALF=half, BLOCK_HALF=block_half, D=D, BLOCK_D=block_d, CAUSAL=causal, ROPE=rope,
-                PRECISION=precision, DOT_F32=dot_f32(q.dtype))
+                PRECISION=precision)
     block_m, block_n, warps, stages = _config("dkdv", D, q.dtype)
     _bwd_dkdv[(triton.cdiv(T, block_n), B * Hkv)](
         q, k, v, cos, sin, grad_out, lse, delta, dk, dv, *strides,

@@ -16,6 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_sim import sim_ops  # noqa: E402
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+if HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1":
+    from triton_interpreter import round_bfloat16_like_a_gpu  # noqa: E402
+
+    round_bfloat16_like_a_gpu()  # bfloat16 casts and dots as on a GPU (tests/triton_interpreter.py)
 
 
 def pytest_configure(config):

@@ -267,8 +267,8 @@ def test_gpu_op_matches_reference(shape, dtype):
                                                       ((1, 150, 2, 1, 64), "shared", True),
                                                       ((1, 150, 2, 1, 64), None, False)])
 def test_triton_kernel_low_precision(dtype, shape, positions, causal, needs_triton):
-    """The low-precision path (q~, k~ and p rounded to the input dtype before the dots). Under the interpreter
-    bf16 dot operands are widened to fp32 first (it multiplies bf16 bit patterns; kernels/_dot.py). T = 150 spans
+    """The low-precision path (q~, k~ and p rounded to the input dtype before the dots; the interpreter rounds and
+    multiplies bf16 as a GPU does, tests/triton_interpreter.py). T = 150 spans
     several tiles at the GPU's sizes too (PYGPT_GPU_TILES=1: 128 x 64), so the forward's unmasked key tiles (those
     before the diagonal or inside T) and its masked ones both run."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
