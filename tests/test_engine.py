@@ -411,13 +411,75 @@ def test_compiled_decode_step_gives_the_eager_ids_and_compiles_once():
     model = _model("rope", block_size=8)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     engine = Engine(model, compile=True)
-    kw = dict(temperature=0.9, top_k=5, seed=7)  # (one setting: each new one compiles again, ~15 s on CI)
+    kw = dict(temperature=0.9, top_k=5, seed=7)
     eager = torch.stack(list(Engine(model).generate_ids(prompts, 20, **kw)))
     compiled = torch.stack(list(engine.generate_ids(prompts, 20, **kw)))
     assert torch.equal(compiled, eager)
     graphs = counters["stats"]["unique_graphs"]
     again = torch.stack(list(engine.generate_ids(prompts, 20, **kw)))
     assert torch.equal(again, compiled) and counters["stats"]["unique_graphs"] == graphs
+    # Other settings and prompts: the same compiled step (its settings are tensors the engine refills).
+    other = dict(temperature=0.5, top_k=3, top_p=0.9, seed=1)
+    new_prompts = [[2, 2], [9, 1, 9, 1, 9, 1, 9]]
+    eager = torch.stack(list(Engine(model).generate_ids(new_prompts, 20, **other)))
+    assert torch.equal(torch.stack(list(engine.generate_ids(new_prompts, 20, **other))), eager)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+# Calls of one engine in a row: the same batch size with other prompt lengths, settings and seeds, another
+# batch size, then the first call again (the prompts run past the lively model's window of 16).
+REUSE_CALLS = [([[1, 2, 3], [4, 5, 6, 7, 8]], dict(temperature=0.9, top_k=5, seed=7)),
+               ([[9, 8], [7, 6, 5, 4, 3, 2, 1, 0, 1, 2]], dict(temperature=1.2, top_p=0.8, min_p=0.02, seed=3)),
+               ([[1]], dict(temperature=0)),
+               ([[1, 2, 3], [4, 5, 6, 7, 8]], dict(temperature=0.9, top_k=5, seed=7))]
+
+
+def test_engine_reuses_its_decode_state_across_calls():
+    """A later generation of a batch size runs on the earlier one's KV cache and decode step (on CUDA it replays
+    that call's graph), refilled in place: every call gives what a fresh engine gives."""
+    model = _lively_model()
+    engine = Engine(model)
+    kept = {}
+    for prompts, kw in REUSE_CALLS:
+        got = torch.stack(list(engine.generate_ids(prompts, 30, **kw)))
+        fresh = torch.stack(list(Engine(model).generate_ids(prompts, 30, **kw)))
+        assert torch.equal(got, fresh), kw
+        assert len(got.unique()) > 3
+        state = engine._states[len(prompts)]
+        assert kept.setdefault(len(prompts), state) is state  # one state per batch size, kept
+
+
+def test_interleaved_and_abandoned_generations_of_one_engine():
+    """Two generations of one batch size iterated in turn each get their own state (neither resets the other's
+    cache); one stopped early leaves its state whole for the next call."""
+    model = _lively_model()
+    engine = Engine(model)
+    calls = [([[1, 2, 3]], dict(temperature=1.0, seed=1)), ([[4, 5]], dict(temperature=1.0, top_k=4, seed=2))]
+    want = [torch.stack(list(Engine(model).generate_ids(p, 25, **kw))) for p, kw in calls]
+    list(engine.generate_ids([[7]], 5))  # a kept state of batch size 1, for both to want
+    both = zip(*(engine.generate_ids(p, 25, **kw) for p, kw in calls))
+    got = [torch.stack(ids) for ids in zip(*both)]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    partial = engine.generate_ids(*calls[1][:1], 25, **calls[1][1])
+    next(partial), next(partial)
+    partial.close()
+    assert torch.equal(torch.stack(list(engine.generate_ids(calls[0][0], 25, **calls[0][1]))), want[0])
+
+
+@pytest.mark.gpu
+def test_gpu_graph_is_captured_once_per_batch_size(monkeypatch):
+    """Later calls replay the first call's CUDA graph with their own prompts, settings and seeds: the ids of an
+    eager engine, and one capture per batch size."""
+    captures = []
+    graph_type = torch.cuda.CUDAGraph
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda *a, **kw: captures.append(1) or graph_type(*a, **kw))
+    model = _lively_model().cuda()
+    engine = Engine(model)
+    for prompts, kw in REUSE_CALLS:
+        got = torch.stack(list(engine.generate_ids(prompts, 30, **kw)))
+        eager = torch.stack(list(Engine(model, cuda_graph=False).generate_ids(prompts, 30, **kw)))
+        assert torch.equal(got, eager), kw
+    assert len(captures) == 2
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

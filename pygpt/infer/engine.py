@@ -33,6 +33,7 @@ from .decoder import FusedDecoder
 from .precast import PrecastModel
 
 CHECK_EVERY = 64  # steps between the CUDA engine's reads of its error flag (one host sync each)
+KEPT_STATES = 4  # decode states (KV cache, graph) an engine keeps between calls: one per batch size, newest kept
 # A RoPE cache's positions are shifted back (KVCache.rebase) when they reach this (or 4 x block_size): at 2^14
 # float32 angles move the lite model's logits by up to 0.004, at 10^6 by 0.13 (benchmarks/rope_position_drift.py).
 REBASE_AT = 1 << 14
@@ -53,14 +54,45 @@ def _host_ids(ids: torch.Tensor) -> list[int]:
     return values
 
 
+class _DecodeState:
+    """What a decode loop's steps read and write, for one batch size: the KV cache, the sampling settings (B,)
+    and RNG state, the smallest id sampled (CUDA: the error check), and the step over them (captured in a CUDA
+    graph on its first use). The engine keeps it between calls: a graph reads these very tensors, so the next
+    call of the same batch size refills them in place and replays the graph instead of capturing another."""
+
+    def __init__(self, cache: KVCache | None, settings: tuple[torch.Tensor, ...], rng_state: torch.Tensor,
+                 smallest: torch.Tensor | None):
+        self.cache, self.settings, self.rng_state, self.smallest = cache, settings, rng_state, smallest
+        self.step: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        ids = ops.sample(logits, *self.settings, rng_state=self.rng_state)
+        if self.smallest is not None:
+            torch.minimum(self.smallest, ids.amin(), out=self.smallest)
+        return ids
+
+    def refill(self, settings: tuple[torch.Tensor, ...], rng_state: torch.Tensor) -> None:
+        """Start a new generation: an empty cache, these settings and RNG state (copied into the same tensors)."""
+        if self.cache is not None:
+            self.cache.reset()  # (the rows left in the ring buffers lie outside every window now)
+        for mine, new in zip(self.settings, settings):
+            mine.copy_(new)
+        self.rng_state.copy_(rng_state)
+        if self.smallest is not None:
+            self.smallest.zero_()
+
+
 class Engine:
     """Generate from ``model`` (a pygpt GPT). ``use_cache=False`` recomputes the whole context every step;
     ``cuda_graph`` captures the decode step on CUDA (ignored on CPU, and with the reference backend, whose
     checks read values on the host). ``amp``: run under bf16 autocast with a bf16 KV cache (default: on CUDA;
     on CPU it is for testing what a CUDA run does). ``compile``: torch.compile the decode step (forward and
     sampling, fusing each residual add with the next norm and its cast): the first step in a process compiles
-    (tens of seconds, then cached on disk by Inductor; new sampling settings or batch sizes compile again).
-    ``fused``: decode steps on pygpt.ops.fused_linear (decoder.py); False runs model.forward on the cache."""
+    (tens of seconds, then cached on disk by Inductor; a new batch size compiles again).
+    ``fused``: decode steps on pygpt.ops.fused_linear (decoder.py); False runs model.forward on the cache.
+
+    The KV cache and the decode step (its CUDA graph, its compiled code) of the last few batch sizes are kept
+    between calls and reused; generations running at the same time (interleaved iterators) each get their own."""
 
     def __init__(self, model: nn.Module, tokenizer: CharTokenizer | None = None, use_cache: bool = True,
                  cuda_graph: bool = True, amp: bool | None = None, compile: bool = False, fused: bool = True):
@@ -80,6 +112,7 @@ class Engine:
         self._precast = PrecastModel(model, torch.bfloat16) if self.amp else None
         self._runner = self._precast.model if self._precast is not None else model
         self._decoder = FusedDecoder(self._runner) if fused and self.use_cache else None
+        self._states: dict[int, _DecodeState] = {}  # idle decode states by batch size, oldest first
 
     def _autocast(self):
         if self.amp:
@@ -121,36 +154,57 @@ class Engine:
         # The sampler's state lives on the device and the op advances it there, so a CUDA graph can hold the
         # sampling too: a graphed step is one replay, with nothing read back.
         rng_state = ops.make_rng_state(seed if seed is not None else int(torch.randint(2**62, (1,))), self.device)
+        state = self._take_state(len(prompts), settings, rng_state)
+        steps = self._cached_loop(prompts, max_new_tokens, state) if self.use_cache else \
+            self._recompute_loop(prompts, max_new_tokens, state.pick)
         # On CUDA the op reports NaN logits as negative ids, checked later on the host (pygpt.ops.sampling);
-        # the engine keeps the smallest id on the device, clamps what it feeds back (an id of -1 would fault in
-        # the embedding), and reads it every CHECK_EVERY steps and at the end.
-        smallest = torch.zeros((), dtype=torch.int64, device=self.device) if self.device.type == "cuda" else None
-
-        def pick(logits: torch.Tensor) -> torch.Tensor:
-            ids = ops.sample(logits, *settings, rng_state=rng_state)
+        # the state keeps the smallest id on the device, the step clamps what it feeds back (an id of -1 would
+        # fault in the embedding), and it is read every CHECK_EVERY steps and at the end.
+        smallest = state.smallest
+        reusable = False
+        try:
+            for i, ids in enumerate(steps):
+                if smallest is not None and (i + 1) % CHECK_EVERY == 0:
+                    _raise_for_error(int(smallest))
+                yield ids
             if smallest is not None:
-                torch.minimum(smallest, ids.amin(), out=smallest)
-            return ids
-
-        steps = self._recompute_loop(prompts, max_new_tokens, pick) if not self.use_cache else \
-            self._cached_loop(prompts, max_new_tokens, pick)
-        for i, ids in enumerate(steps):
-            if smallest is not None and (i + 1) % CHECK_EVERY == 0:
                 _raise_for_error(int(smallest))
-            yield ids
-        if smallest is not None:
-            _raise_for_error(int(smallest))
+            reusable = True
+        except GeneratorExit:  # the caller stopped early, between steps: the state is whole
+            reusable = True
+            raise
+        finally:
+            if reusable and self.use_cache:
+                self._give_back(state)
 
-    def _cached_loop(self, prompts: list[list[int]], max_new_tokens: int,
-                     pick: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
-        B = len(prompts)
-        cache = KVCache.for_model(self.model, B, dtype=self._cache_dtype())
+    def _take_state(self, B: int, settings: tuple[torch.Tensor, ...], rng_state: torch.Tensor) -> _DecodeState:
+        """The idle state of batch size B, refilled, or a new one. Taken out of the engine while in use, so a
+        generation started meanwhile (an interleaved iterator) makes its own."""
+        state = self._states.pop(B, None)
+        if state is not None:
+            state.refill(settings, rng_state)
+            return state
+        cache = KVCache.for_model(self.model, B, dtype=self._cache_dtype()) if self.use_cache else None
+        smallest = torch.zeros((), dtype=torch.int64, device=self.device) if self.device.type == "cuda" else None
+        return _DecodeState(cache, settings, rng_state, smallest)
+
+    def _give_back(self, state: _DecodeState) -> None:
+        self._states.pop(state.cache.batch_size, None)
+        self._states[state.cache.batch_size] = state  # the newest last
+        while len(self._states) > KEPT_STATES:
+            del self._states[next(iter(self._states))]
+
+    def _cached_loop(self, prompts: list[list[int]], max_new_tokens: int, state: _DecodeState
+                     ) -> Iterator[torch.Tensor]:
+        cache, pick = state.cache, state.pick
         last = torch.cat([self._prefill(cache.rows(b), ids) for b, ids in enumerate(prompts)])  # (B, V)
         next_ids = pick(last)
         # Only a model that cannot slide needs the ids on the host (to recompute its cropped context); a RoPE
         # model's loop never reads a device value back, so on CUDA the next step is queued while this one runs.
         history = None if self.sliding else [list(p) for p in prompts]
-        step = self._make_step(cache, pick)
+        if state.step is None:
+            state.step = self._make_step(cache, pick)
+        step = state.step
         # A RoPE cache is rebased (cache.rebase) before any position reaches rebase_at, so the positions entering
         # the float32 angles stay small however long the generation; counted here, nothing is read back.
         rebase_at = max(REBASE_AT, 4 * cache.capacity)
