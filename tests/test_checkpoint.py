@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -59,7 +62,7 @@ def test_interrupt_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkey
 
     def interrupted(src, dst):
         calls.append(dst)
-        if len(calls) == 2:  # the new checkpoint's rename
+        if len(calls) == 3:  # the new checkpoint's rename (after tmp -> .ck.new-PID and ck -> .ck.old-PID)
             raise KeyboardInterrupt
         return real_replace(src, dst)
     monkeypatch.setattr(ck.os, "replace", interrupted)
@@ -68,6 +71,54 @@ def test_interrupt_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkey
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["metadata"] == {"v": 1}
+
+
+@pytest.mark.parametrize("renames_done, survivor", [(1, 1), (2, 2), (3, 2)])
+def test_a_crash_between_the_renames_loses_nothing(tmp_path, renames_done, survivor):
+    """A process killed (no Python cleanup runs) after 1, 2 or 3 of the save's renames: the checkpoint still loads,
+    as the old one or, once the old was moved aside, as the complete new one (recovered from .ck.new-PID); the
+    next save clears what the crash left."""
+    script = tmp_path / "crash.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        import torch
+        import pygpt.train.checkpoint as ck
+        from pygpt.data import CharTokenizer
+        from pygpt.models import GPT, GPTConfig
+        model = GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=16))
+        ck.save_checkpoint({str(tmp_path / "ck")!r}, model, CharTokenizer("abcde"), metadata={{"v": 1}})
+        real, done = os.replace, []
+        def replace(src, dst):
+            real(src, dst)
+            done.append(dst)
+            if len(done) == {renames_done}:
+                os._exit(9)  # killed: no except / finally runs
+        ck.os.replace = replace
+        ck.save_checkpoint({str(tmp_path / "ck")!r}, model, CharTokenizer("abcde"), metadata={{"v": 2}})
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 9, out.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "ck").metadata == {"v": survivor}
+    save_checkpoint(tmp_path / "ck", _model(), CharTokenizer("abcde"), metadata={"v": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "crash.py"]
+
+
+def test_mismatched_or_incomplete_checkpoints_are_refused_clearly(tmp_path):
+    tok = CharTokenizer("abcde")
+    path = save_checkpoint(tmp_path / "ck", _model(), tok)
+    config = json.loads((path / "config.json").read_text())
+    bad = dict(config, tokenizer={"type": "char", "chars": list("abcd")})
+    (path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="tokenizer has 4 tokens, its model vocab_size 5"):
+        load_checkpoint(path)
+    for key in ("tokenizer", "model"):
+        (path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != key}))
+        with pytest.raises(ValueError, match=f"needs a '{key}' entry"):
+            load_checkpoint(path)
+    path = save_checkpoint(tmp_path / "st", _model(), tok, trainer_state={"step": torch.tensor(1)})
+    (path / "trainer_state.pt").write_bytes((path / "trainer_state.pt").read_bytes()[:50])
+    with pytest.raises(ValueError, match="trainer_state.pt is corrupt"):
+        load_trainer_state(path)
 
 
 def test_files_reach_the_disk_before_the_rename(tmp_path, monkeypatch):

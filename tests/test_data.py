@@ -93,3 +93,10 @@ def test_download_rejects_wrong_hash(tmp_path, monkeypatch):
 def test_missing_text_file_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="pygpt prepare"):
         load_corpus(str(tmp_path / "nope.txt"))
+
+
+def test_non_utf8_text_file_error(tmp_path):
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"ok\n\x82 not utf-8")
+    with pytest.raises(ValueError, match=r"bin.txt: not UTF-8 text \(byte 0x82 at offset 3"):
+        text_module.read_text(binary)

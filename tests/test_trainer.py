@@ -172,3 +172,88 @@ def test_resume_keeps_the_clock(tiny_text, tmp_path):
     assert lrs[0] <= first_lrs[-1] * 1.0001  # the cosine goes on: no jump back to the peak
     assert result.stopped_because == "time_limit" and result.train_seconds < 4.0 + 1.0
     assert result.train_seconds >= elapsed
+
+
+def test_time_schedule_of_a_step_limited_run_warms_up_to_the_peak(tiny_text, tmp_path):
+    """With schedule_by_time and max_iters reached first, the LR is the step schedule's: it reaches lr at the end
+    of warmup and decays over the steps after it (the warmup's steps used to count as decay: a drop at warmup's
+    end, from 1.98e-3 to 1.74e-3 in lite's 400-step run)."""
+    from pygpt.train.optim import cosine_lr
+
+    trainer = _trainer(tiny_text, tmp_path, max_iters=40, time_limit=600.0, schedule_by_time=True,
+                       warmup_iters=10, lr=1e-3, min_lr=1e-4, eval_interval=40)
+    lrs = _record_lr(trainer)
+    trainer.fit()
+    expected = [cosine_lr(step, 1e-3, 1e-4, 10, 40) for step in range(40)]
+    assert max(abs(a - b) for a, b in zip(lrs, expected)) < 1e-6  # (the clock's share of 600 s is tiny here)
+    assert lrs[10] > 0.999e-3
+
+
+def test_a_run_whose_val_loss_is_not_finite_stops_and_scores_nothing(tiny_text, tmp_path):
+    """NaN weights (a diverged run): the first eval stops it; no eval improved on inf, so out_dir/best is not this
+    run's (here an older run's, as `--overwrite` leaves it) and nothing is scored as if it were."""
+    _trainer(tiny_text, tmp_path, max_iters=4, full_val=True).fit()
+    older_best = load_checkpoint(tmp_path / "run" / "best").metadata
+    trainer = _trainer(tiny_text, tmp_path, max_iters=40, full_val=True)
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    result = trainer.fit()
+    assert result.stopped_because == "non_finite_val_loss" and result.steps == 0
+    assert result.best_step == -1 and result.full_val is None
+    assert load_checkpoint(tmp_path / "run" / "best").metadata == older_best  # the older run's, untouched
+
+
+def test_resuming_a_run_that_stopped_early_stops_at_once(tiny_text, tmp_path):
+    kw = dict(lr=0.0, min_lr=0.0, patience=2, max_iters=100, eval_interval=2)
+    first = _trainer(tiny_text, tmp_path, **kw)
+    stopped = first.fit()
+    assert stopped.stopped_because == "early_stopping"
+    resumed = _trainer(tiny_text, tmp_path, **kw)
+    resumed.resume(tmp_path / "run" / "last")
+    result = resumed.fit()
+    assert result.stopped_because == "early_stopping" and result.steps == stopped.steps
+
+
+def test_a_second_fit_continues_the_clock(tiny_text, tmp_path):
+    import time
+
+    trainer = _trainer(tiny_text, tmp_path)
+    trainer.add_callback("on_step_end", lambda t, step, loss: time.sleep(0.3) if step <= 3 else None)
+    first = trainer.fit(stop_after=3)
+    assert first.train_seconds >= 0.9
+    second = trainer.fit()
+    assert second.steps == 12 and second.train_seconds >= first.train_seconds
+    assert trainer.history[-1]["seconds"] >= first.train_seconds
+
+
+def test_ctrl_c_under_torchrun_saves_last_on_the_step_all_ranks_agree(tiny_text, tmp_path):
+    """SIGINT reaching one rank only (torchrun passes Ctrl-C to every rank, not at the same instant): every rank
+    stops after the same step and out_dir/last holds it (it used to stop nothing and save nothing)."""
+    script = tmp_path / "ddp_int.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        import torch
+        from pygpt.data import load_corpus
+        from pygpt.models import GPT, GPTConfig
+        from pygpt.train import TrainConfig, Trainer
+        corpus = load_corpus({str(tiny_text)!r})
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
+        cfg = TrainConfig(out_dir={str(tmp_path / 'run')!r}, log_dir="", batch_size=4, max_iters=1000,
+                          eval_interval=500, eval_iters=1, progress=False, full_val=False, device="cpu", threads=1)
+        trainer = Trainer(model, corpus.train_ids, corpus.val_ids, corpus.tokenizer, cfg)
+        def interrupt(t, step, loss):
+            if t.rank == 1 and step == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+        trainer.add_callback("on_step_end", interrupt)
+        result = trainer.fit()
+        with open(f"rank-{{trainer.rank}}.txt", "w") as f:
+            f.write(f"{{result.stopped_because}} {{result.steps}}")
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                          str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [(tmp_path / f"rank-{r}.txt").read_text().split() for r in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0][0] == "interrupted", ranks
+    assert load_checkpoint(tmp_path / "run" / "last").metadata["step"] == int(ranks[0][1]) >= 5

@@ -27,15 +27,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pygpt.benchmark import device_name
+    from pygpt.commands.train import device_arg
     from pygpt.infer import Engine
-    from pygpt.train import load_checkpoint, resolve_device
+    from pygpt.train import load_checkpoint
 
     if args.tokens < 1:
         raise SystemExit(f"pygpt bench: --tokens must be >= 1, got {args.tokens}")
+    if args.threads < 0:
+        raise SystemExit(f"pygpt bench: --threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     try:
+        device = device_arg(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pygpt bench: {err}") from None

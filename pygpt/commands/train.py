@@ -5,6 +5,7 @@ and ends with the full-val score of the best checkpoint."""
 from __future__ import annotations
 
 import argparse
+import shutil
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from pygpt.data.words import WordDataset
     from pygpt.models import MODEL_TYPES
     from pygpt.train import Trainer, load_config
+    from pygpt.train.checkpoint import checkpoint_exists
 
     if args.model not in MODEL_TYPES:
         raise SystemExit(f"pygpt train: unknown --model {args.model!r} (available: {', '.join(MODEL_TYPES)})")
     try:
+        for flag, value in (("--max-iters", args.max_iters), ("--time-limit", args.time_limit)):
+            if value is not None and not value >= 0:  # (NaN too)
+                raise ValueError(f"{flag} must be >= 0, got {value}")
         model_sets, overrides = split_model_overrides(args.model, args.set)
         if args.model != "gpt":
             overrides[:0] = classic_defaults(args.model)  # (a later --set or flag wins)
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_progress:
             overrides.append("progress=false")
         cfg = load_config(args.config, overrides)
+        device_arg(cfg.train.device)  # an unusable device fails here, not in the Trainer after the data is read
         data = load_training_data(cfg.train.data, args.dataset)
         if args.model != "gpt":
             cfg.model = build_model_config(args.model, data.tokenizer.vocab_size, model_sets,
@@ -90,8 +96,14 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.max_iters = 0
     trainer = Trainer(model, train_ids, val_ids, data.tokenizer, cfg.train, run_config=cfg.to_dict(),
                       **(word_trainer_args(words, cfg.train) if words else {}))
+    if args.overwrite and not args.resume and trainer.is_main:
+        for name in ("best", "last"):  # the old run goes now: its best must never pass for this run's
+            shutil.rmtree(out_dir / name, ignore_errors=True)
     if args.resume:
         last = out_dir / "last"
+        if not checkpoint_exists(last):  # (load_checkpoint's own message is for generate/eval: a hint to train one)
+            raise SystemExit(f"pygpt train --resume: no run to resume in {out_dir} (no {last}); train one there "
+                             "without --resume, or pass the --out DIR of the run to continue")
         try:
             trainer.resume(last)
         except (FileNotFoundError, ValueError) as err:
@@ -123,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
             print(dev_test_line(result.full_val, test))
         elif result.full_val is not None:
             print(result.full_val)
-        print(f"best checkpoint: {Path(cfg.train.out_dir) / 'best'}")
+        if result.best_step >= 0:
+            print(f"best checkpoint: {Path(cfg.train.out_dir) / 'best'}")
+        else:
+            print("no eval gave a finite val loss: no best checkpoint (lower lr? check the data)")
         if result.stopped_because == "interrupted":
             print(f"interrupted: `pygpt train ... --resume` continues from {out_dir / 'last'}")
             return 130
@@ -186,21 +201,33 @@ def build_model_config(model_type: str, vocab_size: int, settings: list[str], te
     from dataclasses import fields
 
     from pygpt.models import MODEL_TYPES
-    from pygpt.train.config import _parse_value
+    from pygpt.train.config import field_types, parse_setting
 
     config_cls = MODEL_TYPES[model_type][1]
     defaults = {f.name: f.default for f in fields(config_cls)}
+    types = field_types(config_cls)
     values = {"vocab_size": vocab_size}
     for item in settings:
         key, value = item.split("=", 1)
         name = key.rpartition(".")[2]
         try:
-            values[name] = _parse_value(value, defaults[name])
+            values[name] = parse_setting(value, types[name])
         except ValueError as err:
             raise ValueError(f"--set {key}: {err}") from None
     if text and model_type == "mlp" and "block_size" not in values:
         values["block_size"] = max(TEXT_WINDOW, values.get("context", defaults["context"]))
     return config_cls(**values)
+
+
+def device_arg(name: str | None):
+    """resolve_device for a command's --device (None: auto), its error a ValueError naming --device (torch's own
+    RuntimeError for a name it cannot parse included): the commands print it as one line, not a traceback."""
+    from pygpt.train import resolve_device
+
+    try:
+        return resolve_device(name or "auto")
+    except RuntimeError as err:  # torch.device('foo')
+        raise ValueError(f"--device {name!r}: {err} (expected auto, cpu, cuda or cuda:N)") from None
 
 
 def load_training_data(path: str, dataset: str = "auto"):

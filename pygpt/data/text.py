@@ -17,11 +17,15 @@ DEFAULT_DATA_DIR = Path("data")
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """The whole file as UTF-8 text; a clear error if it is missing or empty."""
+    """The whole file as UTF-8 text; a clear error if it is missing, empty or not UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path} (run `pygpt prepare` or pass --data FILE)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # (its own message names neither the file nor what was expected)
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}: "
+                         f"{err.reason}); pass a UTF-8 text file (convert it with e.g. iconv)") from None
     if not text:
         raise ValueError(f"text file is empty: {path}")
     return text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pygpt.models import GPTConfig
@@ -36,6 +38,23 @@ class TrainConfig:
     amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
     progress: bool = True          # tqdm progress bar
     full_val: bool = True          # score the best checkpoint on the full validation split at the end
+
+    def __post_init__(self) -> None:
+        # Out-of-range values otherwise fail deep in the trainer (a ZeroDivisionError for eval_interval=0, a torch
+        # traceback for lr=-1) or, worse, train quietly on nothing (batch_size=0).
+        def require(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        for name in ("batch_size", "eval_interval", "eval_iters"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "patience", "threads"):  # (0: off, see the fields)
+            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        require(self.lr >= 0, f"lr must be >= 0, got {self.lr}")  # (0: frozen weights, for tests and probes)
+        for name in ("min_lr", "weight_decay", "grad_clip", "time_limit"):  # (written so that NaN fails too)
+            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            require(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,18 +92,72 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _parse_value(text: str, like: object) -> object:
-    if isinstance(like, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(like, int):
-        return int(text)
-    if isinstance(like, float):
-        return float(text)
-    return text
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """The declared type of every field of the dataclass ``cls`` (the annotations are strings here)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def parse_setting(value: object, kind: type, text: bool = True) -> object:
+    """``value`` as a setting of type ``kind``: a --set string (``text``) is parsed, a JSON value (not ``text``)
+    checked - an int is a float too, a bool may be written true/false/yes/no/on/off/1/0 (in JSON quoted or not),
+    a number in quotes is a mistake there. ValueError "expected ..., got ..." otherwise; the caller puts the
+    setting's name in front. The declared type decides, not the value the setting holds now: a JSON config's
+    `"lr": 1` must not make `--set lr=3e-4` an integer."""
+    def is_number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if is_number(value) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and text:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        number = value
+        if isinstance(value, str) and text:
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if is_number(number) and math.isfinite(number):  # (no setting means anything by inf or nan)
+            return float(number)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value  # (no such field today: left as given)
+    raise ValueError(f"expected {_TYPE_NAMES[kind]}, got {value!r}")
+
+
+def _from_json(section: object, cls: type, where: str) -> dict:
+    """A JSON config's section (``where``: 'model' or 'train') as keyword arguments of ``cls``, each value
+    checked against the field's declared type."""
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: expected an object of settings, got {section!r}")
+    types = field_types(cls)
+    values = {}
+    for name, value in section.items():
+        if name not in types:
+            raise ValueError(f"unknown {where} setting {name!r}; valid {where} settings: {', '.join(sorted(types))}")
+        try:
+            values[name] = parse_setting(value, types[name], text=False)
+        except ValueError as err:
+            raise ValueError(f"{where}.{name}: {err}") from None
+    return values
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -105,7 +178,11 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if target is None or name not in target:
             valid = sorted(model) + sorted(train)
             raise ValueError(f"--set {key}: unknown setting; valid settings: {', '.join(valid)}")
-        target[name] = _parse_value(value, target[name])
+        types = field_types(GPTConfig if target is model else TrainConfig)
+        try:
+            target[name] = parse_setting(value, types[name])
+        except ValueError as err:
+            raise ValueError(f"--set {key}: {err}") from None
     return RunConfig(model=GPTConfig.from_dict(model), train=TrainConfig(**train), model_type=cfg.model_type)
 
 
@@ -120,9 +197,19 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
             raise FileNotFoundError(f"--config: {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) "
                                     "nor a JSON file")
         try:
-            cfg = RunConfig.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"--config {name_or_path}: not valid JSON ({err})") from None
-        except TypeError as err:  # a key the dataclasses don't take
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--config {name_or_path}: not UTF-8 text ({err})") from None
+        try:
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object with 'model' and 'train' settings, got "
+                                 f"{type(data).__name__}")
+            # (other top-level keys - a checkpoint's tokenizer, metadata - are not settings: ignored)
+            cfg = RunConfig(model=GPTConfig(**_from_json(data.get("model", {}), GPTConfig, "model")),
+                            train=TrainConfig(**_from_json(data.get("train", {}), TrainConfig, "train")),
+                            model_type=data.get("model_type", "gpt"))
+        except ValueError as err:
             raise ValueError(f"--config {name_or_path}: {err}") from None
     return apply_overrides(cfg, overrides or [])

@@ -9,6 +9,7 @@ DistributedDataParallel (nccl on CUDA, gloo on CPU); rank 0 logs and writes chec
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -39,12 +40,23 @@ def amp_autocast(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp else contextlib.nullcontext()
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'; a clear ValueError for anything else or a
+    device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N (pygpt runs on CPUs and CUDA GPUs)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -120,6 +132,7 @@ class Trainer:
         self.last_eval_step = -1
         self._start_time: float | None = None
         self._seconds_before = 0.0  # training time of the run this one resumed (its clock goes on from there)
+        self._warmup_seconds: float | None = None  # the clock at the end of warmup (the time schedule's start)
         self._interrupted = False
         self.history: list[dict] = []
 
@@ -157,8 +170,14 @@ class Trainer:
         cfg = self.cfg
         if cfg.schedule_by_time and cfg.time_limit and step >= cfg.warmup_iters:
             # Cosine over the time budget instead of the steps: the schedule ends when the time does, on any machine
-            # - or when the steps do, on a machine fast enough to reach max_iters first.
-            progress = max(self._elapsed() / cfg.time_limit, step / (cfg.lr_decay_iters or cfg.max_iters or 1))
+            # - or when the steps do, on a machine fast enough to reach max_iters first. Both count from the end of
+            # warmup, as the step schedule does (so the decay starts at lr, whatever warmup took).
+            if self._warmup_seconds is None:
+                self._warmup_seconds = self._elapsed()
+            decay = cfg.lr_decay_iters or cfg.max_iters
+            spent = self._elapsed() - self._warmup_seconds
+            progress = max(spent / max(1e-9, cfg.time_limit - self._warmup_seconds),
+                           (step - cfg.warmup_iters) / max(1, decay - cfg.warmup_iters))
             return cosine_lr(1 + int(1e6 * min(1.0, progress)), cfg.lr, cfg.min_lr, 1, 1 + int(1e6))
         decay = cfg.lr_decay_iters or cfg.max_iters
         return cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, decay)
@@ -192,17 +211,19 @@ class Trainer:
             "step": torch.tensor(self.step), "best_val": torch.tensor(self.best_val),
             "best_step": torch.tensor(self.best_step), "evals_since_best": torch.tensor(self.evals_since_best),
             "seconds_to_best": torch.tensor(self.seconds_to_best), "train_seconds": torch.tensor(self._elapsed()),
+            "warmup_seconds": torch.tensor(-1.0 if self._warmup_seconds is None else self._warmup_seconds),
             "last_eval_step": torch.tensor(self.last_eval_step), "optimizer": self.optimizer.state_dict(),
             "sampler": self.train_sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)  # the dropout stream of this rank's device
         if self.distributed:
             # Every rank draws its own batches and dropout: keep each one's stream (a collective: all ranks call it).
             ranks: list = [None] * self.world_size
-            dist.all_gather_object(ranks, {"sampler": state["sampler"], "torch_rng": state["torch_rng"]})
+            mine = {key: state[key] for key in ("sampler", "torch_rng", "cuda_rng") if key in state}
+            dist.all_gather_object(ranks, mine)
             state["ranks"] = ranks
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
     def _load_trainer_state(self, state: dict) -> None:
@@ -213,6 +234,10 @@ class Trainer:
         # (checkpoints from before train_seconds was saved: their clock is known only up to the best eval)
         self._seconds_before = float(state.get("train_seconds", state["seconds_to_best"]))
         self.last_eval_step = int(state["last_eval_step"])
+        warmup_seconds = float(state.get("warmup_seconds", -1.0))  # -1: not reached (or not kept)
+        if warmup_seconds < 0 and self.step > self.cfg.warmup_iters:
+            warmup_seconds = 0.0  # a checkpoint from before 2026-12-08: its time schedule counted from 0
+        self._warmup_seconds = warmup_seconds if warmup_seconds >= 0 else None
         self.optimizer.load_state_dict(state["optimizer"])
         ranks = state.get("ranks", [state])  # each process's data stream (one: the state's own)
         if len(ranks) != self.world_size:
@@ -221,8 +246,11 @@ class Trainer:
         streams = ranks[self.rank]
         self.train_sampler.load_state_dict(streams["sampler"])
         torch.set_rng_state(streams["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        cuda_rng = streams.get("cuda_rng")
+        if isinstance(cuda_rng, (list, tuple)):  # (checkpoints before 2026-12-08 kept rank 0's list of all devices)
+            cuda_rng = cuda_rng[self.device.index or 0] if len(cuda_rng) > (self.device.index or 0) else None
+        if self.device.type == "cuda" and isinstance(cuda_rng, torch.Tensor):
+            torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def save(self, name: str, with_state: bool) -> Path | None:
         state = self.trainer_state() if with_state else None  # (on every rank: it gathers their data streams)
@@ -247,15 +275,21 @@ class Trainer:
                              + ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in changed)
                              + "); resume with the settings it was trained with")
         self.model.load_state_dict(ckpt.model.state_dict())
-        self._load_trainer_state(load_trainer_state(checkpoint_dir))
+        state = load_trainer_state(checkpoint_dir)
+        try:
+            self._load_trainer_state(state)
+        except KeyError as err:
+            raise ValueError(f"resume: checkpoint {checkpoint_dir}'s trainer state lacks {err}; it cannot be "
+                             "resumed") from err
 
-    def _agree_to_stop(self, stop: bool) -> bool:
-        """All ranks stop together (a time limit can trip on one rank first)."""
+    def _agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on any rank is true on all (one all-reduce): the ranks stop together, at the same step,
+        whichever rank a signal or the time limit reached first."""
         if not self.distributed:
-            return stop
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            return tuple(bool(f) for f in flags)
+        reduced = torch.tensor([float(bool(f)) for f in flags], device=self.device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+        return tuple(bool(f) for f in reduced.tolist())
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:
@@ -280,12 +314,15 @@ class Trainer:
         if stop_after is not None and self.step == stop_step and stop_step < cfg.max_iters:
             stopped_because = "stop_after"
         train_seconds = time.perf_counter() - start_time
+        self._seconds_before, self._start_time = train_seconds, None  # (a later fit's clock goes on from here)
         if progress is not None:
             progress.close()
         self.save("last", with_state=True)
         result = TrainResult(self.step, self.best_val, self.best_step, train_seconds, self.seconds_to_best,
                              stopped_because=stopped_because, history=self.history)
-        if cfg.full_val and self.is_main and stopped_because not in ("stop_after", "interrupted"):
+        # (best_step < 0: no eval gave a finite loss, and out_dir/best is not this run's - there is nothing to score)
+        if cfg.full_val and self.is_main and stopped_because not in ("stop_after", "interrupted") and \
+                self.best_step >= 0:
             result.full_val = self.score_best()
             if writer is not None:
                 writer.add_scalar("full_val/loss", result.full_val.loss, self.step)
@@ -297,28 +334,33 @@ class Trainer:
 
     @contextlib.contextmanager
     def _ctrl_c_stops_at_a_step(self):
-        """While fit runs (one process, main thread): a first Ctrl-C stops the loop after the current step, which
-        then saves out_dir/last as any stop does (an interrupt inside an optimizer step would leave weights that
-        match no step); a second one interrupts at once."""
-        if self.distributed or threading.current_thread() is not threading.main_thread():
+        """While fit runs (in the main thread): a first Ctrl-C (SIGINT) or SIGTERM stops the loop after the current
+        step, which then saves out_dir/last as any stop does (an interrupt inside an optimizer step would leave
+        weights that match no step); a second one interrupts at once. Under torchrun every rank gets the signal
+        (torchrun passes it on) and the ranks agree on the step to stop at (_agree), then save together."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
 
-        def on_sigint(signum, frame):
+        def on_signal(signum, frame):
             if self._interrupted:
                 raise KeyboardInterrupt
             self._interrupted = True
-            print("\ninterrupted: stopping after this step and saving out_dir/last (Ctrl-C again to quit now)",
-                  file=sys.stderr, flush=True)
-        previous = signal.signal(signal.SIGINT, on_sigint)
+            if self.is_main:
+                print(f"\n{signal.Signals(signum).name}: stopping after this step and saving out_dir/last "
+                      "(again to quit now)", file=sys.stderr, flush=True)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _loop(self, writer, progress, start_time: float, stop_step: int) -> str:
         """The training loop proper; returns why it stopped."""
         cfg = self.cfg
+        if self.out_of_patience():  # a resumed run that had stopped early
+            return "early_stopping"
         stopped_because = "max_iters"
         while True:
             due = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
@@ -326,10 +368,11 @@ class Trainer:
                 stopped_because = self._evaluate(writer, start_time) or stopped_because
             if self.step >= stop_step:
                 break
-            if self._interrupted:
+            interrupted, stop = self._agree(self._interrupted, self.should_stop or stopped_because != "max_iters" or (
+                cfg.time_limit and time.perf_counter() - start_time > cfg.time_limit))
+            if interrupted:
                 return "interrupted"
-            if self._agree_to_stop(self.should_stop or stopped_because != "max_iters" or (
-                    cfg.time_limit and time.perf_counter() - start_time > cfg.time_limit)):
+            if stop:
                 if stopped_because == "max_iters":
                     stopped_because = "callback" if self.should_stop else "time_limit"
                     if self.step != self.last_eval_step:  # score the final weights too
@@ -377,6 +420,8 @@ class Trainer:
             self.evals_since_best += 1
         self._fire("on_eval", step=self.step, val_loss=val, improved=improved)
         self.save("last", with_state=True)  # resumable after a crash, at every eval
+        if not math.isfinite(val):
+            return "non_finite_val_loss"  # diverged (or no data): more steps cannot bring it back
         return "early_stopping" if self.out_of_patience() else None
 
     def out_of_patience(self) -> bool:
