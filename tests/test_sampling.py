@@ -540,6 +540,16 @@ def test_bad_inputs_raise_clear_errors(kwargs, error, match):
         ops.sample(**kwargs)
 
 
+def test_a_temperature_beyond_float32_is_float32s_infinity():
+    """A Python temperature above float32's range is what float32 rounds it to, +inf (a uniform draw over the
+    kept tokens), not an overflow error from building the (B,) parameter tensor."""
+    logits = torch.randn(4, 50)
+    huge = ops.sample(logits, temperature=1e39, top_k=7, rng_state=ops.make_rng_state(3))
+    infinite = ops.sample(logits, temperature=float("inf"), top_k=7, rng_state=ops.make_rng_state(3))
+    assert torch.equal(huge, infinite)
+    assert torch.equal(ops.sampling_rows(2, temperature=1e39)[0], torch.full((2,), float("inf")))
+
+
 def test_op_checks_shapes_and_flags_bad_rows():
     logits = torch.randn(3, 8)
     args = list(_rows(3, 1.0, 0, 1.0, 0.0))

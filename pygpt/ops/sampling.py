@@ -29,6 +29,7 @@ Python-number parameters are checked on the host before any launch.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import operator
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def _check_rng_state(rng_state: object, device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- arguments
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _RULES = {  # name -> (test that passes for valid values (and fails for NaN), what is expected)
     "temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),
     "top_k": (lambda v: v >= 0, ">= 0 (0: no top-k)"),
@@ -149,6 +151,8 @@ def _rows(value: Param, B: int, V: int, dtype: torch.dtype, device: torch.device
         return value.to(dtype).expand(B).contiguous()
     if dtype == torch.int32:
         value = min(int(value), V, _INT32_MAX)
+    elif math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        value = math.copysign(math.inf, value)  # what float32 rounds it to (torch.full refuses to: "overflow")
     return _full_cached(B, value, dtype, device) if cache else torch.full((B,), value, dtype=dtype, device=device)
 
 
