@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -35,3 +36,23 @@ def fsync_tree_files(directory: str | os.PathLike) -> None:
         if entry.is_file():
             fsync_file(entry)
     fsync_dir(directory)
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its directory, synced, then renamed over it: ``path``
+    holds the whole old content or the whole new one, never a part (a crash, a full disk). ``mode``: the file's
+    permission bits (mkstemp makes it private, 0600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

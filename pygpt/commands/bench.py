@@ -27,9 +27,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pygpt.benchmark import device_name
-    from pygpt.commands.train import device_arg
     from pygpt.infer import Engine
-    from pygpt.train import load_checkpoint
+    from pygpt.train import load_checkpoint, resolve_device
 
     if args.tokens < 1:
         raise SystemExit(f"pygpt bench: --tokens must be >= 1, got {args.tokens}")
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        device = device_arg(args.device)
+        device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pygpt bench: {err}") from None

@@ -23,13 +23,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from pygpt.commands.train import device_arg
     from pygpt.data import load_corpus
     from pygpt.data.words import dev_test_line, evaluate_words, load_words, looks_like_words
-    from pygpt.train import amp_autocast, full_val, load_checkpoint
+    from pygpt.train import amp_autocast, full_val, load_checkpoint, resolve_device
 
     try:
-        device = device_arg(args.device)
+        device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
         amp = ckpt.config.get("train", {}).get("amp", True)  # score as training did (bf16 autocast on CUDA)
         data = args.data

@@ -34,16 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pygpt.commands.train import device_arg
     from pygpt.infer import Engine
-    from pygpt.train import load_checkpoint
+    from pygpt.train import load_checkpoint, resolve_device
 
     try:
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
         if args.length < 1:
             raise ValueError(f"--length must be >= 1, got {args.length}")
-        device = device_arg(args.device)
+        device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, device=device)
         engine = Engine(ckpt.model, ckpt.tokenizer, use_cache=not args.no_cache, cuda_graph=not args.no_cuda_graph,
                         compile=args.compile)

@@ -4,9 +4,7 @@ copies a local --input file there; prints the vocabulary and the train/val split
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
+import stat
 from pathlib import Path
 
 
@@ -20,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pygpt.data import download_tiny_shakespeare, load_corpus
+    from pygpt._fs import write_bytes_atomically
     from pygpt.data.text import read_text
 
     dest_dir = Path(args.dir)
@@ -30,15 +29,17 @@ def run(args: argparse.Namespace) -> int:
         dest = dest_dir / src.name
         try:
             read_text(src)  # a file training cannot read (not UTF-8, empty) is not copied
+            payload = src.read_bytes()
             if src.resolve() == dest.resolve():
                 pass  # (--input is the file in --dir already)
-            elif dest.is_file() and dest.read_bytes() == src.read_bytes():
+            elif dest.is_file() and dest.read_bytes() == payload:
                 print(f"{dest} is already there (the same content)")
             elif dest.exists() and not args.force:
                 raise ValueError(f"{dest} already exists and differs from --input {src}: --force replaces it, "
                                  "--dir DIR puts the copy elsewhere")
             else:
-                copy_atomically(src, dest)
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomically(dest, payload, mode=stat.S_IMODE(src.stat().st_mode))
         except (OSError, ValueError) as err:
             raise SystemExit(f"pygpt prepare: {err}") from None
     else:
@@ -55,23 +56,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"train {len(corpus.train_ids):,} / val {len(corpus.val_ids):,} characters")
     print(f"train with: pygpt train --config lite --data {dest}")
     return 0
-
-
-def copy_atomically(src: Path, dest: Path) -> None:
-    """Copy src to dest through a temporary file in dest's directory, synced, then renamed over dest: dest is
-    the whole old file or the whole new one, never a partial copy (a crash, a full disk)."""
-    from pygpt._fs import fsync_dir
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as source:
-            shutil.copyfileobj(source, f)
-            f.flush()
-            os.fsync(f.fileno())
-        shutil.copymode(src, tmp)  # (mkstemp's file is private: 0600)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pygpt.data.words import WordDataset
     from pygpt.models import MODEL_TYPES
-    from pygpt.train import Trainer, load_config
+    from pygpt.train import Trainer, load_config, resolve_device
     from pygpt.train.checkpoint import checkpoint_exists
 
     if args.model not in MODEL_TYPES:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_progress:
             overrides.append("progress=false")
         cfg = load_config(args.config, overrides)
-        device_arg(cfg.train.device)  # an unusable device fails here, not in the Trainer after the data is read
+        resolve_device(cfg.train.device)  # an unusable device fails here, not in the Trainer after the data is read
         data = load_training_data(cfg.train.data, args.dataset)
         if args.model != "gpt":
             cfg.model = build_model_config(args.model, data.tokenizer.vocab_size, model_sets,
@@ -217,17 +217,6 @@ def build_model_config(model_type: str, vocab_size: int, settings: list[str], te
     if text and model_type == "mlp" and "block_size" not in values:
         values["block_size"] = max(TEXT_WINDOW, values.get("context", defaults["context"]))
     return config_cls(**values)
-
-
-def device_arg(name: str | None):
-    """resolve_device for a command's --device (None: auto), its error a ValueError naming --device (torch's own
-    RuntimeError for a name it cannot parse included): the commands print it as one line, not a traceback."""
-    from pygpt.train import resolve_device
-
-    try:
-        return resolve_device(name or "auto")
-    except RuntimeError as err:  # torch.device('foo')
-        raise ValueError(f"--device {name!r}: {err} (expected auto, cpu, cuda or cuda:N)") from None
 
 
 def load_training_data(path: str, dataset: str = "auto"):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pygpt._fs import fsync_dir
+from pygpt._fs import write_bytes_atomically
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -56,13 +55,7 @@ def download_tiny_shakespeare(dest_dir: str | os.PathLike = DEFAULT_DATA_DIR, ur
     digest = hashlib.sha256(payload).hexdigest()
     if digest != TINY_SHAKESPEARE_SHA256:
         raise ValueError(f"downloaded file has sha256 {digest}, expected {TINY_SHAKESPEARE_SHA256}; not saved")
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".tinyshakespeare.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
-    fsync_dir(dest_dir)
+    write_bytes_atomically(dest, payload)
     return dest
 
 

@@ -69,11 +69,6 @@ class RunConfig:
     def to_dict(self) -> dict:
         return {"model_type": self.model_type, "model": self.model.to_dict(), "train": self.train.to_dict()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        return cls(model=GPTConfig.from_dict(d.get("model", {})), train=TrainConfig(**d.get("train", {})),
-                   model_type=d.get("model_type", "gpt"))
-
 
 PRESETS: dict[str, dict] = {
     # A 2-core CPU in 19 minutes: the LR schedule runs on the clock, so a faster machine just takes more steps.

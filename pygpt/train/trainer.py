@@ -40,10 +40,10 @@ def amp_autocast(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp else contextlib.nullcontext()
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'; a clear ValueError for anything else or a
-    device this machine does not have."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """'auto' or None (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'; a ValueError naming --device for
+    anything else or a device this machine does not have (the commands print it as one line)."""
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
